@@ -1,0 +1,224 @@
+"""The `drimbox` command.
+
+Every command prints one clear line on error and exits non-zero (1 for a drimbox error, 2 for
+bad usage, 130 on Ctrl-C); tracebacks are for bugs only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from datetime import date
+from pathlib import Path
+
+from drimbox import __version__
+from drimbox.config import Settings, load_settings
+from drimbox.errors import DrimboxError
+from drimbox.logs import configure_logging
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args))
+    except DrimboxError as exc:
+        print(f"drimbox: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("drimbox: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="drimbox", description="A DRIM-M node for a radiology site.")
+    parser.add_argument("--version", action="version", version=f"drimbox {__version__}")
+    parser.add_argument("--config", type=Path, help="configuration file (default: config/drimbox.toml)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the daemon (DICOM listener, HTTP, periodic indexing)")
+    serve.set_defaults(run=cmd_serve)
+
+    demo = sub.add_parser("demo", help="run a self-contained demo: demo PACS loaded with sample_dicom/")
+    demo.add_argument("--data", type=Path, default=Path("demo-data"), help="demo data folder (default demo-data)")
+    demo.add_argument("--samples", type=Path, default=Path("sample_dicom"), help="DICOM files to load")
+    demo.add_argument("--http-port", type=int, default=8080)
+    demo.add_argument("--no-wait", action="store_true", help="index once and exit (for checks)")
+    demo.set_defaults(run=cmd_demo)
+
+    echo = sub.add_parser("echo", help="C-ECHO a PACS peer")
+    echo.add_argument("peer", help="peer name, as in [pacs.<name>]")
+    echo.set_defaults(run=cmd_echo)
+
+    index = sub.add_parser("index", help="index the PACS by C-FIND (incremental)")
+    index.add_argument("--since", type=_date, help="first study date, YYYY-MM-DD (default: the window)")
+    index.add_argument("--until", type=_date, help="last study date, YYYY-MM-DD")
+    index.add_argument("--all", action="store_true", help="every date, descending into every study")
+    index.add_argument("--peer", help="only this peer (default: all)")
+    index.add_argument("--quiet", action="store_true", help="no progress bar")
+    index.set_defaults(run=cmd_index)
+
+    retrieve = sub.add_parser("retrieve", help="bring a study (or series) into our store")
+    retrieve.add_argument("study_uid")
+    retrieve.add_argument("--series", help="only this SeriesInstanceUID")
+    retrieve.add_argument("--peer", help="peer to retrieve from (default: where the index found it)")
+    retrieve.set_defaults(run=cmd_retrieve)
+
+    status = sub.add_parser("status", help="index counts and peer reachability")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(run=cmd_status)
+
+    dbp = sub.add_parser("db", help="index database maintenance")
+    dbsub = dbp.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    upgrade = dbsub.add_parser("upgrade", help="apply schema migrations")
+    upgrade.set_defaults(run=cmd_db_upgrade)
+    current = dbsub.add_parser("current", help="show the schema revision")
+    current.set_defaults(run=cmd_db_current)
+    return parser
+
+
+def _date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = load_settings(args.config)
+    configure_logging(settings.log_level)
+    return settings
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from drimbox.daemon import Daemon
+
+    settings = _settings(args)
+    Daemon(settings).run()
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from drimbox.sandbox.demo import run_demo
+
+    return run_demo(args.data, args.samples, args.http_port, wait=not args.no_wait)
+
+
+def cmd_echo(args: argparse.Namespace) -> int:
+    from drimbox.daemon import build_node
+
+    node = build_node(_settings(args))
+    health = node.echo(args.peer)
+    peer = node.settings.peer(args.peer)
+    if not health.reachable:
+        raise DrimboxError(f"C-ECHO {args.peer} failed: {health.detail}")
+    print(f"{args.peer} ({peer.ae_title}@{peer.host}:{peer.port}): C-ECHO ok in {health.latency_ms} ms")
+    return 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from drimbox.daemon import build_node
+
+    node = build_node(_settings(args))
+    peers = [args.peer] if args.peer else list(node.settings.pacs)
+    if not peers:
+        raise DrimboxError("no PACS peer configured; add a [pacs.<name>] section")
+    for peer in peers:
+        bar = None if args.quiet else tqdm(desc=f"indexing {peer}", unit="study", file=sys.stderr)
+
+        def progress(done: int, total: int, bar: tqdm | None = bar) -> None:
+            if bar is not None:
+                bar.total = total
+                bar.n = done
+                bar.refresh()
+
+        try:
+            report = node.index_peer(peer, args.since, args.until, full=args.all, progress=progress)
+        finally:
+            if bar is not None:
+                bar.close()
+        print(
+            f"{peer}: {report.studies_seen} studies seen — {report.studies_new} new, "
+            f"{report.studies_changed} changed, {report.studies_unchanged} unchanged, "
+            f"{report.studies_removed} removed; {report.instances_seen} instances listed; "
+            f"C-FIND requests {dict(report.stats.requests)}"
+            + (f"; {report.invalid_answers} invalid answers ignored" if report.invalid_answers else "")
+            + (f"; {report.stats.truncated} truncated answers" if report.stats.truncated else "")
+        )
+    return 0
+
+
+def cmd_retrieve(args: argparse.Namespace) -> int:
+    from drimbox.daemon import build_node
+
+    node = build_node(_settings(args))
+    node.store.clean_incoming()
+    peer = args.peer or node.retriever.peer_for(args.study_uid)
+    if node.settings.peer(peer).retrieve == "c-move":
+        try:
+            node.scp.start()
+        except OSError as exc:
+            raise DrimboxError(
+                f"cannot listen on {node.settings.dimse.bind}:{node.settings.dimse.port} to receive the "
+                f"C-MOVE ({exc.strerror}); is `drimbox serve` running?"
+            ) from None
+    try:
+        report = node.retriever.retrieve(args.study_uid, args.series, peer=peer)
+    finally:
+        node.scp.stop()
+    rate = report.bytes / 1e6 / report.seconds if report.seconds else 0.0
+    print(
+        f"{report.stored} instances stored ({report.bytes / 1e6:.1f} MB in {report.seconds:.1f} s, "
+        f"{rate:.1f} MB/s) by {report.method.upper()} from {peer}"
+        + (f"; {report.failed} failed" if report.failed else "")
+    )
+    return 1 if report.failed else 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from drimbox.daemon import build_node
+
+    node = build_node(_settings(args))
+    for peer in node.settings.pacs:
+        node.echo(peer)
+    state = node.snapshot()
+    if args.json:
+        print(json.dumps(state, indent=2))
+        return 0
+    print(f"drimbox {state['version']} — {state['site']} ({state['mode']}), AE {state['ae_title']}")
+    for peer in state["peers"]:
+        mark = "ok" if peer["reachable"] else "UNREACHABLE"
+        print(f"  peer {peer['name']}: {peer['ae_title']}@{peer['host']}:{peer['port']} {mark} {peer['detail']}")
+    counts = state["index"]
+    print(
+        f"  index: {counts['patients']} patients, {counts['studies']} studies, {counts['series']} series, "
+        f"{counts['instances']} instances; held {counts['instances_held']} ({counts['bytes_held'] / 1e6:.1f} MB)"
+    )
+    return 0
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from drimbox.index import db
+
+    settings = _settings(args)
+    engine = db.make_engine(settings.database_url)
+    db.upgrade(engine)
+    print(f"index database at revision {db.current_revision(engine)}")
+    return 0
+
+
+def cmd_db_current(args: argparse.Namespace) -> int:
+    from drimbox.index import db
+
+    settings = _settings(args)
+    engine = db.make_engine(settings.database_url)
+    print(f"current {db.current_revision(engine) or '(empty)'}, newest {db.head_revision()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,235 @@
+"""The settings object: one typed tree read from `config/drimbox.toml`, then the environment.
+
+`DRIMBOX_HTTP__PORT=9000` overrides `[http] port`. Built once (in the CLI or `daemon.py`) and
+passed down; no module reads the environment itself. Invalid settings raise `ConfigError` whose
+message names the key, where it came from and how to fix it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from drimbox.errors import ConfigError
+
+ENV_PREFIX = "DRIMBOX_"
+DEFAULT_CONFIG = Path("config/drimbox.toml")
+
+# Hints appended to validation messages, by key (the last part of the location).
+_FIXES: dict[str, str] = {
+    "port": "use a TCP port between 1 and 65535",
+    "ae_title": "use 1 to 16 characters among A-Z, 0-9, '-', '_' and space (no backslash)",
+    "public_base_url": "give the https:// URL remote boxes use to reach this box, e.g. https://db1.example.fr",
+    "bind": "give an IP address of this machine, e.g. 127.0.0.1 or 0.0.0.0",
+    "structure_id": "give the FINESS or SIRET of the site",
+    "retrieve": 'write "c-get" or "c-move" (C-MOVE needs our AE title declared in the PACS)',
+    "url": "give a SQLAlchemy URL, e.g. sqlite:///data/drimbox.db or postgresql+psycopg://user@host/db",
+    "host": "give the host name or IP address of the PACS",
+    "mode": 'write "production" or "demo"',
+}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_ip(value: str) -> str:
+    ipaddress.ip_address(value)
+    return value
+
+
+def _check_ae_title(value: str) -> str:
+    text = value.strip()
+    if not 1 <= len(text) <= 16 or "\\" in text or not text.isascii() or not text.isprintable():
+        raise ValueError(f"{value!r} is not a valid AE title")
+    return text
+
+
+class SiteSettings(_Section):
+    """Who we are on the DRIM-M network."""
+
+    structure_id: str = Field(min_length=1, description="FINESS or SIRET of the site")
+    name: str = Field(min_length=1)
+
+
+class HttpSettings(_Section):
+    """The HTTP listener (status, later DICOMweb) and the URL others use to reach it."""
+
+    bind: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    public_base_url: str
+
+    _bind_ip = field_validator("bind")(lambda cls, v: _check_ip(v))
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("https://", "http://")) or "?" in value or "#" in value:
+            raise ValueError("must be an absolute http(s) URL without query or fragment")
+        return value.rstrip("/")
+
+
+class DimseSettings(_Section):
+    """Our own DICOM node: the C-STORE SCP and the AE title we call PACS peers with."""
+
+    bind: str = "127.0.0.1"
+    port: int = Field(default=11112, ge=1, le=65535)
+    ae_title: str = "DRIMBOX"
+    max_associations: int = Field(default=16, ge=1, le=512)
+    max_associations_per_peer: int = Field(default=4, ge=1, le=64)
+    idle_timeout: float = Field(default=120.0, gt=0, description="seconds without any byte before giving up")
+    connect_timeout: float = Field(default=30.0, gt=0)
+    max_pdu: int = Field(default=4_194_304, ge=0, description="largest PDU we accept; 0 = unlimited")
+
+    _bind_ip = field_validator("bind")(lambda cls, v: _check_ip(v))
+    _aet = field_validator("ae_title")(lambda cls, v: _check_ae_title(v))
+
+
+class PacsPeer(_Section):
+    """One PACS we index and retrieve from."""
+
+    ae_title: str
+    host: str = Field(min_length=1)
+    port: int = Field(ge=1, le=65535)
+    retrieve: Literal["c-get", "c-move"] = "c-get"
+    max_associations: int = Field(default=4, ge=1, le=64)
+    max_find_matches: int | None = Field(default=None, ge=1, description="the PACS's own match limit, if it has one")
+
+    _aet = field_validator("ae_title")(lambda cls, v: _check_ae_title(v))
+
+
+class DatabaseSettings(_Section):
+    """The index database; SQLite in the data folder unless a URL is given."""
+
+    url: str | None = None
+    auto_upgrade: bool = True
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("sqlite", "postgresql")):
+            raise ValueError("only sqlite and postgresql URLs are supported")
+        return value
+
+
+class StoreSettings(_Section):
+    """Where instance files, the SQLite index and work files live."""
+
+    folder: Path = Path("data")
+
+
+class IndexSettings(_Section):
+    """How the PACS is indexed: a recent window often, everything nightly."""
+
+    window_days: int = Field(default=7, ge=1, le=36500)
+    interval_minutes: float = Field(default=15, ge=0, description="0 disables periodic indexing")
+    full_at_hour: int = Field(default=2, ge=0, le=23, description="local hour of the nightly full pass")
+    echo_interval_seconds: float = Field(default=60, gt=0)
+
+
+class Settings(BaseSettings):
+    """Everything drimbox needs to run, validated at start."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True)
+
+    mode: Literal["production", "demo"] = "production"
+    site: SiteSettings
+    http: HttpSettings
+    dimse: DimseSettings = DimseSettings()
+    pacs: dict[str, PacsPeer] = Field(default_factory=dict)
+    database: DatabaseSettings = DatabaseSettings()
+    store: StoreSettings = StoreSettings()
+    index: IndexSettings = IndexSettings()
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file's content arrives as init arguments; the environment wins over it.
+        return env_settings, init_settings
+
+    @model_validator(mode="after")
+    def _production_rules(self) -> Settings:
+        if self.mode == "production" and not self.http.public_base_url.startswith("https://"):
+            raise ValueError('http.public_base_url: must be https in production (mode = "demo" allows http)')
+        for name, peer in self.pacs.items():
+            if peer.ae_title == self.dimse.ae_title:
+                raise ValueError(f"pacs.{name}.ae_title: must differ from dimse.ae_title")
+        return self
+
+    @property
+    def database_url(self) -> str:
+        """The configured URL, or a SQLite file in the data folder."""
+        return self.database.url or f"sqlite:///{self.store.folder / 'drimbox.db'}"
+
+    def peer(self, name: str) -> PacsPeer:
+        """The PACS peer called `name`, or ConfigError listing the known ones."""
+        try:
+            return self.pacs[name]
+        except KeyError:
+            known = ", ".join(sorted(self.pacs)) or "none configured"
+            raise ConfigError(f"unknown PACS peer {name!r} (known: {known}); see [pacs.<name>]") from None
+
+
+def load_settings(path: Path | None = None) -> Settings:
+    """Read `path` (default `config/drimbox.toml`) and the environment into a Settings.
+
+    Relative paths in the file are taken relative to the file's own folder, so a service
+    started from any working directory finds the same data folder.
+    """
+    file = path or DEFAULT_CONFIG
+    data: dict[str, Any] = {}
+    if file.exists():
+        try:
+            data = tomllib.loads(file.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{file}: not valid TOML: {exc}") from None
+    elif path is not None:
+        raise ConfigError(f"{file}: no such configuration file (give --config PATH)")
+    try:
+        settings = Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, file)) from None
+    except ValueError as exc:  # raised by the model validator outside pydantic's wrapper
+        raise ConfigError(f"{file}: {exc}") from None
+    return _resolve_paths(settings, file.resolve().parent)
+
+
+def _resolve_paths(settings: Settings, base: Path) -> Settings:
+    folder = settings.store.folder
+    if folder.is_absolute():
+        return settings
+    store = settings.store.model_copy(update={"folder": (base / folder).resolve()})
+    return settings.model_copy(update={"store": store})
+
+
+def _explain(exc: ValidationError, file: Path) -> str:
+    lines = [f"invalid configuration ({file}, environment {ENV_PREFIX}*):"]
+    for err in exc.errors():
+        loc = [str(part) for part in err["loc"]]
+        key = ".".join(loc) or "(root)"
+        env_name = ENV_PREFIX + "__".join(part.upper() for part in loc)
+        if err["type"] == "extra_forbidden":
+            message = "unknown key; remove it or check its spelling against config/drimbox.toml"
+        elif err["type"] == "missing":
+            message = "missing; this key is required"
+        else:
+            message = err["msg"].removeprefix("Value error, ")
+        fix = _FIXES.get(loc[-1] if loc else "", "")
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  {key}: {message}")
+            continue
+        hint = f" — fix: {fix}" if fix else ""
+        lines.append(f"  {key}: {message}{hint} (or set {env_name})")
+    return "\n".join(lines)

@@ -1,0 +1,225 @@
+"""The composition root: builds the core, hands ports to the boundaries, starts the servers.
+
+`build_node()` is also what the CLI's one-shot commands (`index`, `retrieve`, `echo`) use, so
+they run exactly the code the daemon runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+
+from drimbox import __version__
+from drimbox.audit.log import LogAuditTrail
+from drimbox.config import Settings
+from drimbox.dimse.connection import PeerConnector
+from drimbox.dimse.indexer import IndexReport, PacsIndexer, Progress
+from drimbox.dimse.retrieve import Retriever
+from drimbox.dimse.scp import StoreServer
+from drimbox.dimse.storage import StorageHandler
+from drimbox.errors import DrimboxError
+from drimbox.index import db
+from drimbox.index.repository import IndexRepository
+from drimbox.status.routes import status_router
+from drimbox.store.files import InstanceStore
+from drimbox.store.intake import InstanceIntake
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PeerHealth:
+    """The last C-ECHO result for one peer."""
+
+    reachable: bool | None = None
+    checked_at: str = ""
+    latency_ms: float | None = None
+    detail: str = ""
+
+
+@dataclass
+class Node:
+    """Every long-lived object of one drimbox, wired together."""
+
+    settings: Settings
+    index: IndexRepository
+    store: InstanceStore
+    connector: PeerConnector
+    storage: StorageHandler
+    scp: StoreServer
+    retriever: Retriever
+    indexer: PacsIndexer
+    started: float = field(default_factory=time.time)
+    peer_health: dict[str, PeerHealth] = field(default_factory=dict)
+    last_indexing: dict[str, Any] = field(default_factory=dict)
+
+    def echo(self, peer: str) -> PeerHealth:
+        """C-ECHO `peer` and remember the outcome for the status page."""
+        self.settings.peer(peer)
+        began = time.monotonic()
+        try:
+            status = self.connector.echo(peer)
+            health = PeerHealth(
+                status == 0x0000,
+                _now(),
+                round((time.monotonic() - began) * 1000, 1),
+                f"status 0x{status:04X}",
+            )
+        except DrimboxError as exc:
+            health = PeerHealth(False, _now(), None, str(exc))
+        self.peer_health[peer] = health
+        return health
+
+    def index_peer(
+        self,
+        peer: str,
+        since: date | None = None,
+        until: date | None = None,
+        *,
+        full: bool = False,
+        progress: Progress | None = None,
+    ) -> IndexReport:
+        """Index one peer: the configured window by default, everything when `full`."""
+        self.settings.peer(peer)
+        if not full and since is None:
+            since = date.today() - timedelta(days=self.settings.index.window_days)
+        report = self.indexer.run(peer, since, until, full=full, progress=progress)
+        self.last_indexing = {
+            "peer": peer, "finished_at": _now(), "full": full,
+            "studies_seen": report.studies_seen, "studies_new": report.studies_new,
+            "studies_changed": report.studies_changed, "studies_removed": report.studies_removed,
+        }  # fmt: skip
+        return report
+
+    def snapshot(self) -> dict[str, Any]:
+        """The status page's content: no patient data."""
+        counts = self.index.counts()
+        return {
+            "version": __version__,
+            "mode": self.settings.mode,
+            "site": self.settings.site.name,
+            "ae_title": self.settings.dimse.ae_title,
+            "uptime_seconds": int(time.time() - self.started),
+            "peers": [
+                {
+                    "name": name,
+                    "ae_title": peer.ae_title,
+                    "host": peer.host,
+                    "port": peer.port,
+                    "retrieve": peer.retrieve,
+                    **asdict(self.peer_health.get(name, PeerHealth())),
+                }
+                for name, peer in self.settings.pacs.items()
+            ],
+            "index": asdict(counts),
+            "last_indexing": self.last_indexing,
+        }
+
+
+def build_node(settings: Settings) -> Node:
+    """Open the index (migrating it when allowed), the store and the DIMSE parts."""
+    engine = db.make_engine(settings.database_url)
+    if settings.database.auto_upgrade:
+        db.upgrade(engine)
+    elif db.current_revision(engine) != db.head_revision():
+        raise DrimboxError("the index database is not up to date: run `drimbox db upgrade`")
+    index = IndexRepository(engine)
+    store = InstanceStore(settings.store.folder)
+    audit = LogAuditTrail()
+    intake = InstanceIntake(store, index, audit)
+    storage = StorageHandler(intake)
+    connector = PeerConnector(settings.dimse, dict(settings.pacs))
+    scp = StoreServer(settings.dimse, storage)
+    retriever = Retriever(settings, connector, storage, index, audit, scp)
+    indexer = PacsIndexer(connector, index, store, audit)
+    return Node(settings, index, store, connector, storage, scp, retriever, indexer)
+
+
+def build_app(node: Node) -> FastAPI:
+    """The HTTP application: status pages now, DICOMweb later."""
+    app = FastAPI(title="drimbox", version=__version__, docs_url=None, redoc_url=None)
+    app.include_router(status_router(node.snapshot))
+    return app
+
+
+class Daemon:
+    """`drimbox serve`: the DICOM listener, the HTTP server and the periodic work."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.node = build_node(settings)
+        self.app = build_app(self.node)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.server: uvicorn.Server | None = None
+
+    def start_background(self) -> None:
+        """Start the DICOM listener and the periodic echo and indexing threads."""
+        removed = self.node.store.clean_incoming()
+        if removed:
+            log.info("removed interrupted transfers", extra={"event": "store.cleaned", "files": removed})
+        self.node.scp.start()
+        self._spawn("peer-echo", self._echo_loop)
+        if self.settings.index.interval_minutes > 0:
+            self._spawn("indexing", self._index_loop)
+
+    def run(self) -> None:
+        """Serve until SIGINT/SIGTERM, then stop everything."""
+        self.start_background()
+        config = uvicorn.Config(
+            self.app,
+            host=self.settings.http.bind,
+            port=self.settings.http.port,
+            log_config=None,
+            access_log=False,
+            proxy_headers=False,
+        )
+        self.server = uvicorn.Server(config)
+        try:
+            self.server.run()
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.node.scp.stop()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        log.info("stopped", extra={"event": "daemon.stopped"})
+
+    def _spawn(self, name: str, target: Any) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _echo_loop(self) -> None:
+        while not self._stop.is_set():
+            for peer in self.settings.pacs:
+                self.node.echo(peer)
+            self._stop.wait(self.settings.index.echo_interval_seconds)
+
+    def _index_loop(self) -> None:
+        last_full: date | None = None
+        while not self._stop.is_set():
+            full = last_full != date.today() and datetime.now().hour == self.settings.index.full_at_hour
+            for peer in self.settings.pacs:
+                try:
+                    self.node.index_peer(peer, full=full)
+                except DrimboxError as exc:
+                    log.warning("indexing failed", extra={"event": "index.failed", "peer": peer, "reason": str(exc)})
+                except Exception:
+                    log.exception("indexing crashed", extra={"event": "index.crashed", "peer": peer})
+            if full:
+                last_full = date.today()
+            self._stop.wait(self.settings.index.interval_minutes * 60)
+
+
+def _now() -> str:
+    return datetime.now().astimezone().isoformat(timespec="seconds")

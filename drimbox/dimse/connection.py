@@ -1,0 +1,141 @@
+"""Associations with PACS peers: one place for AE settings, timeouts, socket options and caps.
+
+Timeouts are idle timeouts: pynetdicom's network timeout restarts on every PDU, and we leave the
+DIMSE timeout unset so a single 2 GB tomosynthesis instance may take as long as it needs while
+bytes keep flowing. Each peer has a cap on concurrent associations we open (a semaphore), so a
+burst of retrievals never floods a PACS.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from pynetdicom import AE, _config, build_context
+from pynetdicom import transport as _transport
+from pynetdicom.association import Association
+from pynetdicom.presentation import PresentationContext
+
+from drimbox.config import DimseSettings, PacsPeer
+from drimbox.dimse.contexts import VERIFICATION
+from drimbox.errors import PeerUnreachable
+
+log = logging.getLogger(__name__)
+
+_configured = False
+
+
+def configure_pynetdicom() -> None:
+    """Process-wide pynetdicom settings every drimbox association relies on.
+
+    - chunked receive: a C-STORE data set goes to a file as it arrives, never into memory;
+    - TCP_NODELAY on every socket: without it each DIMSE message waits ~40 ms for delayed ACKs
+      (measured: 100 C-STOREs to Orthanc 10.1 s → 1.3 s); pynetdicom 3 never sets it;
+    - context variables follow into pynetdicom's threads, so log records keep their request id;
+    - a socket whose connection was refused is closed: pynetdicom 3.0.4 calls shutdown() first,
+      which raises on an unconnected socket, and skips close(), leaking a descriptor per attempt.
+    """
+    global _configured
+    if _configured:
+        return
+    _config.STORE_RECV_CHUNKED_DATASET = True
+    _config.PASS_CONTEXTVARS = True
+    _config.LOG_REQUEST_IDENTIFIERS = False
+    cls = _transport.AssociationSocket
+    original_init = cls.__init__
+
+    def init_with_nodelay(self: Any, *args: Any, **kwargs: Any) -> None:
+        original_init(self, *args, **kwargs)
+        sock = self.socket
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def shutdown_then_close(self: Any) -> None:
+        sock = self.socket
+        if sock is None:
+            return
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        sock.close()
+
+    cls.__init__ = init_with_nodelay  # type: ignore[method-assign]
+    cls._shutdown_socket = shutdown_then_close  # type: ignore[method-assign]
+    _configured = True
+
+
+def make_ae(settings: DimseSettings) -> AE:
+    """An AE with our title and the configured timeouts and PDU size."""
+    configure_pynetdicom()
+    ae = AE(ae_title=settings.ae_title)
+    ae.acse_timeout = settings.connect_timeout
+    ae.connection_timeout = settings.connect_timeout
+    ae.network_timeout = settings.idle_timeout
+    ae.dimse_timeout = None
+    ae.maximum_pdu_size = settings.max_pdu
+    ae.maximum_associations = settings.max_associations
+    return ae
+
+
+class PeerConnector:
+    """Opens associations to configured PACS peers, within each peer's cap."""
+
+    def __init__(self, settings: DimseSettings, peers: dict[str, PacsPeer]) -> None:
+        self.settings = settings
+        self.peers = peers
+        self._slots = {name: threading.BoundedSemaphore(peer.max_associations) for name, peer in peers.items()}
+
+    @contextmanager
+    def associate(
+        self,
+        peer_name: str,
+        contexts: Sequence[PresentationContext],
+        ext_neg: Sequence[Any] = (),
+        evt_handlers: Sequence[Any] = (),
+    ) -> Iterator[Association]:
+        """An established association with `peer_name`, released (or aborted) on exit."""
+        peer = self.peers[peer_name]
+        slot = self._slots[peer_name]
+        if not slot.acquire(timeout=self.settings.idle_timeout):
+            raise PeerUnreachable(f"{peer_name}: all {peer.max_associations} associations busy")
+        try:
+            ae = make_ae(self.settings)
+            ae.requested_contexts = list(contexts)
+            assoc = ae.associate(
+                peer.host,
+                peer.port,
+                ae_title=peer.ae_title,
+                ext_neg=list(ext_neg) or None,
+                evt_handlers=list(evt_handlers) or None,
+            )
+            if not assoc.is_established:
+                raise PeerUnreachable(_why_not_established(peer_name, peer, assoc))
+            try:
+                yield assoc
+            finally:
+                if assoc.is_established:
+                    assoc.release()
+                else:
+                    assoc.kill()
+        finally:
+            slot.release()
+
+    def echo(self, peer_name: str) -> int:
+        """C-ECHO `peer_name`; return the status (0x0000 is success)."""
+        with self.associate(peer_name, [build_context(VERIFICATION)]) as assoc:
+            status = assoc.send_c_echo()
+        if "Status" not in status:
+            raise PeerUnreachable(f"{peer_name}: no answer to C-ECHO (association lost)")
+        return int(status.Status)
+
+
+def _why_not_established(name: str, peer: PacsPeer, assoc: Association) -> str:
+    where = f"{name} ({peer.ae_title}@{peer.host}:{peer.port})"
+    if assoc.is_rejected:
+        return f"{where} rejected the association (check that our AE title is declared in the PACS)"
+    return f"{where} did not accept the association (connection refused, timed out or aborted)"

@@ -1,0 +1,255 @@
+"""Bringing a study or series from the PACS into our store: C-GET, or C-MOVE to our own SCP.
+
+Each instance is admitted (checked, renamed into place, indexed) as it arrives, and reported to
+the caller at once, so a DICOMweb response can stream it while later instances are still on the
+wire. `fetch_study`/`fetch_series` implement the StudySource port on a worker thread with a
+bounded queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pynetdicom import build_context, evt
+
+from drimbox.config import Settings
+from drimbox.dimse.connection import PeerConnector
+from drimbox.dimse.contexts import GET_MODEL, MOVE_MODEL, cget_storage_contexts
+from drimbox.dimse.find import PacsQuery
+from drimbox.dimse.scp import StoreServer
+from drimbox.dimse.storage import StorageHandler
+from drimbox.errors import RetrieveFailed
+from drimbox.index.records import InstanceEntry, InstanceRecord
+from drimbox.index.repository import IndexRepository
+from drimbox.ports import AuditEvent, AuditTrail
+from drimbox.uids import checked_uid
+
+log = logging.getLogger(__name__)
+
+PENDING = (0xFF00, 0xFF01)
+WARNING = 0xB000
+
+
+@dataclass
+class RetrieveReport:
+    """The outcome of one retrieval, as the PACS reported it and as we stored it."""
+
+    study_uid: str
+    series_uid: str | None
+    method: str
+    stored: int = 0
+    bytes: int = 0
+    failed: int = 0
+    warnings: int = 0
+    seconds: float = 0.0
+    status: int | None = None
+    errors: list[str] = field(default_factory=list)
+
+
+OnInstance = Callable[[InstanceEntry], None]
+
+
+class Retriever:
+    """Retrieves from the configured PACS peers; implements the StudySource port."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        connector: PeerConnector,
+        storage: StorageHandler,
+        index: IndexRepository,
+        audit: AuditTrail,
+        scp: StoreServer | None = None,
+    ) -> None:
+        self.settings = settings
+        self.connector = connector
+        self.storage = storage
+        self.index = index
+        self.audit = audit
+        self.scp = scp
+
+    def peer_for(self, study_uid: str) -> str:
+        """The peer the index says holds the study, or the only configured one."""
+        indexed = self.index.study_peer(study_uid)
+        if indexed in self.settings.pacs:
+            return indexed
+        if len(self.settings.pacs) == 1:
+            return next(iter(self.settings.pacs))
+        raise RetrieveFailed(f"study {study_uid} is not indexed; run `drimbox index` first")
+
+    def retrieve(
+        self,
+        study_uid: str,
+        series_uid: str | None = None,
+        *,
+        peer: str | None = None,
+        on_instance: OnInstance | None = None,
+    ) -> RetrieveReport:
+        """Bring the study (or one series) into the store with the peer's configured method."""
+        study_uid = checked_uid(study_uid, "StudyInstanceUID")
+        if series_uid is not None:
+            series_uid = checked_uid(series_uid, "SeriesInstanceUID")
+        peer = peer or self.peer_for(study_uid)
+        method = self.settings.peer(peer).retrieve
+        report = RetrieveReport(study_uid, series_uid, method)
+        started = time.monotonic()
+
+        def admitted(entry: InstanceEntry) -> None:
+            if series_uid and entry.series.series_uid != series_uid:
+                return
+            report.stored += 1
+            report.bytes += entry.file.size
+            if on_instance:
+                on_instance(entry)
+
+        try:
+            if method == "c-get":
+                self._cget(peer, study_uid, series_uid, report, admitted)
+            else:
+                self._cmove(peer, study_uid, series_uid, report, admitted)
+        finally:
+            report.seconds = time.monotonic() - started
+            self.audit.record(
+                AuditEvent(
+                    "study.retrieved",
+                    peer,
+                    "success" if not report.failed and not report.errors else "failure",
+                    study_uid=study_uid,
+                    detail={
+                        "series_uid": series_uid or "",
+                        "stored": report.stored,
+                        "failed": report.failed,
+                        "method": method,
+                    },
+                )
+            )
+        return report
+
+    # --- C-GET --------------------------------------------------------------------------
+
+    def _cget(
+        self, peer: str, study_uid: str, series_uid: str | None, report: RetrieveReport, admitted: OnInstance
+    ) -> None:
+        sop_classes = self._sop_classes(peer, study_uid, series_uid)
+        contexts, roles = cget_storage_contexts(sop_classes)
+        contexts.insert(0, build_context(GET_MODEL))
+
+        def handle(event: Any) -> Any:
+            return self.storage.handle(event, peer)
+
+        unsubscribe = self.storage.listen(study_uid, admitted)
+        try:
+            with self.connector.associate(peer, contexts, roles, [(evt.EVT_C_STORE, handle)]) as assoc:
+                responses = assoc.send_c_get(_identifier(study_uid, series_uid), GET_MODEL)
+                self._follow(responses, report, "C-GET")
+        finally:
+            unsubscribe()
+
+    def _sop_classes(self, peer: str, study_uid: str, series_uid: str | None) -> dict[str, set[str]]:
+        """SOP classes (and stored syntaxes) of what we retrieve: from the index, else by C-FIND."""
+        known = self.index.sop_classes(study_uid, series_uid)
+        if known:
+            return known
+        answers = PacsQuery(self.connector, peer).instances(study_uid, series_uid)
+        found: dict[str, set[str]] = {}
+        for answer in answers:
+            try:
+                record = InstanceRecord.from_dataset(answer)
+            except ValueError:
+                continue
+            if record.sop_class_uid:
+                found.setdefault(record.sop_class_uid, set())
+                if record.transfer_syntax_uid:
+                    found[record.sop_class_uid].add(record.transfer_syntax_uid)
+        if not found:
+            raise RetrieveFailed(f"{peer} has no instance of study {study_uid}")
+        return found
+
+    # --- C-MOVE -------------------------------------------------------------------------
+
+    def _cmove(
+        self, peer: str, study_uid: str, series_uid: str | None, report: RetrieveReport, admitted: OnInstance
+    ) -> None:
+        if self.scp is None:
+            raise RetrieveFailed("C-MOVE needs our DICOM listener running to receive the instances")
+        unsubscribe = self.storage.listen(study_uid, admitted)
+        try:
+            context = build_context(MOVE_MODEL)
+            with self.connector.associate(peer, [context]) as assoc:
+                responses = assoc.send_c_move(
+                    _identifier(study_uid, series_uid),
+                    self.settings.dimse.ae_title,
+                    MOVE_MODEL,
+                )
+                self._follow(responses, report, "C-MOVE")
+        finally:
+            unsubscribe()
+
+    # --- both ---------------------------------------------------------------------------
+
+    def _follow(self, responses: Iterator[tuple[Dataset, Dataset | None]], report: RetrieveReport, what: str) -> None:
+        """Read the retrieve responses to the end and record the final counts."""
+        final: Dataset | None = None
+        for status, _identifier_ds in responses:
+            code = status.get("Status") if status is not None else None
+            if code is None:
+                report.errors.append(f"association lost during {what}")
+                raise RetrieveFailed(f"{what}: association lost after {report.stored} instances")
+            if code in PENDING:
+                continue
+            final = status
+            break
+        if final is None:
+            raise RetrieveFailed(f"{what}: no final response")
+        report.status = int(final.Status)
+        report.failed = int(final.get("NumberOfFailedSuboperations", 0) or 0)
+        report.warnings = int(final.get("NumberOfWarningSuboperations", 0) or 0)
+        if report.status not in (0x0000, WARNING) and report.status & 0xF000 != 0xB000:
+            report.errors.append(f"{what} ended with status 0x{report.status:04X}")
+            raise RetrieveFailed(
+                f"{what} failed with status 0x{report.status:04X} ({report.stored} stored, {report.failed} failed)"
+            )
+
+    # --- StudySource --------------------------------------------------------------------
+
+    def fetch_study(self, study_uid: str) -> Iterator[Path]:
+        return self._fetch(study_uid, None)
+
+    def fetch_series(self, study_uid: str, series_uid: str) -> Iterator[Path]:
+        return self._fetch(study_uid, series_uid)
+
+    def _fetch(self, study_uid: str, series_uid: str | None) -> Iterator[Path]:
+        arrived: queue.Queue[Path | BaseException | None] = queue.Queue(maxsize=64)
+
+        def work() -> None:
+            try:
+                self.retrieve(study_uid, series_uid, on_instance=lambda e: arrived.put(Path(e.file.path)))
+                arrived.put(None)
+            except BaseException as exc:
+                arrived.put(exc)
+
+        threading.Thread(target=work, name=f"fetch-{study_uid[-12:]}", daemon=True).start()
+        while True:
+            item = arrived.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+
+def _identifier(study_uid: str, series_uid: str | None) -> Dataset:
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "SERIES" if series_uid else "STUDY"
+    identifier.StudyInstanceUID = study_uid
+    if series_uid:
+        identifier.SeriesInstanceUID = series_uid
+    return identifier

@@ -1,0 +1,95 @@
+"""Receiving instances: the C-STORE handler shared by our SCP and by C-GET sub-operations.
+
+pynetdicom has already written the data set to a file in `incoming/` (chunked receive); the
+handler hands that file to the intake and maps the outcome to a DIMSE status (PS3.4 Annex B):
+0xA900 when the object contradicts its request, 0xC000 when it cannot be read, 0xA700 when
+the store is full. Listeners (a C-MOVE waiting for its instances, a streaming WADO-RS request)
+are told about every instance admitted for their study.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydicom.dataset import Dataset
+
+from drimbox.errors import InstanceMismatch, InvalidInstance, StoreFull
+from drimbox.index.records import InstanceEntry
+from drimbox.store.intake import InstanceIntake
+
+log = logging.getLogger(__name__)
+
+STATUS_SUCCESS = 0x0000
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_MISMATCH = 0xA900
+STATUS_CANNOT_UNDERSTAND = 0xC000
+
+Listener = Callable[[InstanceEntry], None]
+
+
+class StorageHandler:
+    """Turns received C-STORE data sets into store entries; notifies listeners per study."""
+
+    def __init__(self, intake: InstanceIntake) -> None:
+        self.intake = intake
+        self._listeners: dict[str, list[Listener]] = {}
+        self._lock = threading.Lock()
+        # pynetdicom writes received data sets with NamedTemporaryFile: make that land next to the
+        # store, so admitting a file is a rename, not a copy of up to 2 GB.
+        tempfile.tempdir = str(intake.store.incoming)
+
+    def listen(self, study_uid: str, listener: Listener) -> Callable[[], None]:
+        """Call `listener` for each instance of `study_uid` admitted; return the unsubscribe."""
+        with self._lock:
+            self._listeners.setdefault(study_uid, []).append(listener)
+
+        def stop() -> None:
+            with self._lock:
+                listeners = self._listeners.get(study_uid, [])
+                if listener in listeners:
+                    listeners.remove(listener)
+                if not listeners:
+                    self._listeners.pop(study_uid, None)
+
+        return stop
+
+    def handle(self, event: Any, peer: str = "") -> int | Dataset:
+        """The EVT_C_STORE handler."""
+        request = event.request
+        sender = str(event.assoc.requestor.ae_title).strip()
+        path = Path(event.dataset_path)
+        try:
+            entry = self.intake.admit(
+                path,
+                sender=sender,
+                peer=peer,
+                expected_sop_uid=str(request.AffectedSOPInstanceUID or ""),
+                expected_sop_class_uid=str(request.AffectedSOPClassUID or ""),
+            )
+        except InstanceMismatch as exc:
+            return _status(STATUS_MISMATCH, str(exc))
+        except InvalidInstance as exc:
+            return _status(STATUS_CANNOT_UNDERSTAND, str(exc))
+        except StoreFull as exc:
+            return _status(STATUS_OUT_OF_RESOURCES, str(exc))
+        except Exception as exc:
+            path.unlink(missing_ok=True)
+            log.exception("C-STORE failed", extra={"event": "cstore.error", "peer": sender})
+            return _status(STATUS_OUT_OF_RESOURCES, f"{exc.__class__.__name__}")
+        with self._lock:
+            listeners = list(self._listeners.get(entry.study.study_uid, []))
+        for listener in listeners:
+            listener(entry)
+        return STATUS_SUCCESS
+
+
+def _status(code: int, comment: str) -> Dataset:
+    status = Dataset()
+    status.Status = code
+    status.ErrorComment = comment[:64]
+    return status

@@ -1,0 +1,55 @@
+"""The exception tree of drimbox.
+
+Boundaries translate lower-layer errors (socket, pynetdicom, SQLAlchemy, pydantic) into
+these classes, so callers handle one documented tree and the CLI prints one clear line.
+"""
+
+from __future__ import annotations
+
+
+class DrimboxError(Exception):
+    """Base of every error drimbox raises on purpose."""
+
+
+class ConfigError(DrimboxError):
+    """The configuration is invalid; the message names the key, the file and the fix."""
+
+
+class InvalidUID(DrimboxError, ValueError):
+    """A DICOM UID that does not follow PS3.5 §9.1 (digits and dots, at most 64 characters)."""
+
+
+class StoreError(DrimboxError):
+    """The instance store cannot accept or give back a file."""
+
+
+class InvalidInstance(StoreError):
+    """A received object is not a readable DICOM instance, or contradicts its own request."""
+
+
+class InstanceMismatch(InvalidInstance):
+    """A received object's UIDs contradict the request that carried it."""
+
+
+class StoreFull(StoreError):
+    """No space left in the store folder."""
+
+
+class DimseError(DrimboxError):
+    """A DICOM network operation with a PACS failed."""
+
+
+class PeerUnknown(DimseError):
+    """The named PACS peer is not in the configuration."""
+
+
+class PeerUnreachable(DimseError):
+    """The PACS did not accept an association (refused, rejected, timed out)."""
+
+
+class QueryFailed(DimseError):
+    """A C-FIND ended with a failure status or the association broke during it."""
+
+
+class RetrieveFailed(DimseError):
+    """A C-GET or C-MOVE ended with failures or the association broke during it."""

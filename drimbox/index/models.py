@@ -1,0 +1,105 @@
+"""The index: patients, studies, series and instances as the PACS and our store know them.
+
+It holds what QIDO-RS answers from (PS3.18 §10.6 required attributes) and, per instance,
+where its file is when we hold one. Counts reported by the PACS (`pacs_*_count`) decide whether
+an incremental indexing run needs to descend into a study or a series.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+class Base(DeclarativeBase):
+    """Declarative base of the index tables."""
+
+
+class Patient(Base):
+    """A patient as the PACS identifies them: the site's IPP with its issuer.
+
+    The INS, when the PACS holds it, is among `other_ids` (OtherPatientIDsSequence); the INS a
+    KOS carries comes from the validated report, not from here (decisions: Identity).
+    """
+
+    __tablename__ = "patient"
+    __table_args__ = (UniqueConstraint("patient_id", "issuer", name="uq_patient_id_issuer"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    patient_id: Mapped[str] = mapped_column(String(64), index=True)
+    issuer: Mapped[str] = mapped_column(String(64), default="")
+    name: Mapped[str] = mapped_column(String(324), default="")
+    name_normalized: Mapped[str] = mapped_column(String(324), default="", index=True)
+    birth_date: Mapped[str] = mapped_column(String(8), default="")
+    sex: Mapped[str] = mapped_column(String(16), default="")
+    other_ids: Mapped[str] = mapped_column(Text, default="[]", doc="JSON list of {id, issuer, type}")
+
+    studies: Mapped[list[Study]] = relationship(back_populates="patient", cascade="all, delete-orphan")
+
+
+class Study(Base):
+    """A study, at the level QIDO-RS and C-FIND STUDY answer."""
+
+    __tablename__ = "study"
+    __table_args__ = (Index("ix_study_date_time", "study_date", "study_time"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    patient_pk: Mapped[int] = mapped_column(ForeignKey("patient.id", ondelete="CASCADE"), index=True)
+    study_date: Mapped[str] = mapped_column(String(8), default="")
+    study_time: Mapped[str] = mapped_column(String(16), default="")
+    accession_number: Mapped[str] = mapped_column(String(16), default="", index=True)
+    study_id: Mapped[str] = mapped_column(String(16), default="")
+    description: Mapped[str] = mapped_column(String(64), default="")
+    referring_physician: Mapped[str] = mapped_column(String(324), default="")
+    referring_physician_normalized: Mapped[str] = mapped_column(String(324), default="")
+    modalities: Mapped[str] = mapped_column(String(128), default="", doc="backslash-separated")
+    pacs_peer: Mapped[str] = mapped_column(String(64), default="")
+    pacs_series_count: Mapped[int | None] = mapped_column(Integer)
+    pacs_instance_count: Mapped[int | None] = mapped_column(Integer)
+    indexed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    patient: Mapped[Patient] = relationship(back_populates="studies")
+    series: Mapped[list[Series]] = relationship(back_populates="study", cascade="all, delete-orphan")
+
+
+class Series(Base):
+    """A series of a study."""
+
+    __tablename__ = "series"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    series_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    study_pk: Mapped[int] = mapped_column(ForeignKey("study.id", ondelete="CASCADE"), index=True)
+    modality: Mapped[str] = mapped_column(String(16), default="", index=True)
+    series_number: Mapped[int | None] = mapped_column(Integer)
+    description: Mapped[str] = mapped_column(String(64), default="")
+    body_part: Mapped[str] = mapped_column(String(16), default="")
+    pacs_instance_count: Mapped[int | None] = mapped_column(Integer)
+
+    study: Mapped[Study] = relationship(back_populates="series")
+    instances: Mapped[list[Instance]] = relationship(back_populates="series", cascade="all, delete-orphan")
+
+
+class Instance(Base):
+    """An instance; `file_path` is set only once its complete file is in our store."""
+
+    __tablename__ = "instance"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sop_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    series_pk: Mapped[int] = mapped_column(ForeignKey("series.id", ondelete="CASCADE"), index=True)
+    sop_class_uid: Mapped[str] = mapped_column(String(64), default="")
+    instance_number: Mapped[int | None] = mapped_column(Integer)
+    rows: Mapped[int | None] = mapped_column(Integer)
+    columns: Mapped[int | None] = mapped_column(Integer)
+    number_of_frames: Mapped[int | None] = mapped_column(Integer)
+    transfer_syntax_uid: Mapped[str] = mapped_column(String(64), default="")
+    file_path: Mapped[str | None] = mapped_column(String(512))
+    file_size: Mapped[int | None] = mapped_column(BigInteger)
+    stored_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_access: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    series: Mapped[Series] = relationship(back_populates="instances")

@@ -1,0 +1,392 @@
+"""Reads and writes of the index, one short transaction each.
+
+Writers are the indexer (C-FIND answers) and the store (complete instance files); both go
+through `upsert_*` so the same study seen from both sides ends in one row. Writes within a
+process are serialised (SQLite has one writer anyway); a unique-key race with another process is
+retried once.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TypeVar
+
+from sqlalchemy import Engine, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from drimbox.index.models import Instance, Patient, Series, Study
+from drimbox.index.records import (
+    InstanceEntry,
+    InstanceRecord,
+    PatientRecord,
+    SeriesRecord,
+    StudyRecord,
+    normalize_name,
+)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class IndexCounts:
+    """What the status page shows: rows per level and what we hold on disk."""
+
+    patients: int
+    studies: int
+    series: int
+    instances: int
+    instances_held: int
+    bytes_held: int
+
+
+@dataclass(frozen=True)
+class StudyState:
+    """What the index knows of a study, to decide whether indexing must descend into it."""
+
+    series_count: int
+    instance_count: int
+    pacs_series_count: int | None
+    pacs_instance_count: int | None
+    series_instance_counts: dict[str, int]
+    series_pacs_counts: dict[str, int | None]
+
+
+@dataclass(frozen=True)
+class HeldInstance:
+    """An instance we hold a file for."""
+
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    path: str
+    size: int
+
+
+class IndexRepository:
+    """The index, over one engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._write_lock = threading.Lock()
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with self._sessions() as session:
+            yield session
+
+    def _write(self, work: Callable[[Session], T]) -> T:
+        with self._write_lock:
+            for attempt in (1, 2):
+                try:
+                    with self._sessions.begin() as session:
+                        return work(session)
+                except IntegrityError:
+                    if attempt == 2:
+                        raise
+            raise AssertionError("unreachable")
+
+    # --- writes -------------------------------------------------------------------------
+
+    def upsert_study(self, record: StudyRecord, peer: str) -> None:
+        """Record a study as a STUDY-level C-FIND answer describes it."""
+
+        def work(session: Session) -> None:
+            study = _upsert_study(session, record, peer)
+            study.pacs_series_count = record.series_count
+            study.pacs_instance_count = record.instance_count
+
+        self._write(work)
+
+    def upsert_series(self, study_uid: str, records: Iterable[SeriesRecord]) -> None:
+        """Record the series of a study as a SERIES-level C-FIND describes them."""
+        records = list(records)
+
+        def work(session: Session) -> None:
+            study = session.scalars(select(Study).where(Study.study_uid == study_uid)).one()
+            for record in records:
+                series = _upsert_series(session, study, record)
+                series.pacs_instance_count = record.instance_count
+
+        self._write(work)
+
+    def upsert_instances(self, series_uid: str, records: Iterable[InstanceRecord]) -> None:
+        """Record the instances of a series as an IMAGE-level C-FIND describes them."""
+        records = list(records)
+
+        def work(session: Session) -> None:
+            series = session.scalars(select(Series).where(Series.series_uid == series_uid)).one()
+            for record in records:
+                _upsert_instance(session, series, record)
+
+        self._write(work)
+
+    def mark_indexed(self, study_uid: str) -> None:
+        def work(session: Session) -> None:
+            study = session.scalars(select(Study).where(Study.study_uid == study_uid)).one()
+            study.indexed_at = datetime.now(UTC)
+
+        self._write(work)
+
+    def record_stored(self, entry: InstanceEntry, peer: str = "") -> None:
+        """Index a complete instance file that has just entered the store, from patient down."""
+
+        def work(session: Session) -> None:
+            study = _upsert_study(session, entry.study, peer)
+            series = _upsert_series(session, study, entry.series)
+            instance = _upsert_instance(session, series, entry.instance)
+            instance.transfer_syntax_uid = entry.instance.transfer_syntax_uid
+            instance.file_path = entry.file.path
+            instance.file_size = entry.file.size
+            instance.stored_at = datetime.now(UTC)
+
+        self._write(work)
+
+    def remove_missing_series(self, study_uid: str, present: set[str]) -> list[str]:
+        """Drop series the PACS no longer has; return the files they held."""
+
+        def work(session: Session) -> list[str]:
+            rows = session.scalars(select(Series).join(Study).where(Study.study_uid == study_uid)).all()
+            return _delete(session, [s for s in rows if s.series_uid not in present])
+
+        return self._write(work)
+
+    def remove_missing_instances(self, series_uid: str, present: set[str]) -> list[str]:
+        """Drop instances the PACS no longer has; return the files they held."""
+
+        def work(session: Session) -> list[str]:
+            rows = session.scalars(select(Instance).join(Series).where(Series.series_uid == series_uid)).all()
+            return _delete(session, [i for i in rows if i.sop_uid not in present])
+
+        return self._write(work)
+
+    def remove_studies(self, study_uids: Iterable[str]) -> list[str]:
+        """Drop studies (and their series and instances); return the files they held."""
+        uids = list(study_uids)
+
+        def work(session: Session) -> list[str]:
+            studies = session.scalars(select(Study).where(Study.study_uid.in_(uids))).all()
+            files = list(
+                session.scalars(
+                    select(Instance.file_path)
+                    .join(Series)
+                    .join(Study)
+                    .where(Study.study_uid.in_(uids), Instance.file_path.is_not(None))
+                )
+            )
+            for study in studies:
+                session.delete(study)
+            return [f for f in files if f]
+
+        return self._write(work)
+
+    # --- reads --------------------------------------------------------------------------
+
+    def study_state(self, study_uid: str) -> StudyState | None:
+        """Counts the index holds for a study, or None when the study is unknown."""
+        with self.session() as session:
+            study = session.scalars(select(Study).where(Study.study_uid == study_uid)).one_or_none()
+            if study is None:
+                return None
+            per_series = dict(
+                session.execute(
+                    select(Series.series_uid, func.count(Instance.id))
+                    .outerjoin(Instance)
+                    .where(Series.study_pk == study.id)
+                    .group_by(Series.series_uid)
+                ).all()
+            )
+            pacs = dict(
+                session.execute(
+                    select(Series.series_uid, Series.pacs_instance_count).where(Series.study_pk == study.id)
+                ).all()
+            )
+            return StudyState(
+                series_count=len(per_series),
+                instance_count=sum(per_series.values()),
+                pacs_series_count=study.pacs_series_count,
+                pacs_instance_count=study.pacs_instance_count,
+                series_instance_counts=per_series,
+                series_pacs_counts=pacs,
+            )
+
+    def study_peer(self, study_uid: str) -> str:
+        """The PACS peer a study was indexed from ('' when unknown)."""
+        with self.session() as session:
+            return session.scalar(select(Study.pacs_peer).where(Study.study_uid == study_uid)) or ""
+
+    def study_uids_between(self, peer: str, first_date: str, last_date: str) -> set[str]:
+        """Studies from `peer` whose date lies in [first_date, last_date] (YYYYMMDD)."""
+        with self.session() as session:
+            rows = session.scalars(
+                select(Study.study_uid).where(
+                    Study.pacs_peer == peer, Study.study_date >= first_date, Study.study_date <= last_date
+                )
+            )
+            return set(rows)
+
+    def study_uids_of_peer(self, peer: str) -> set[str]:
+        with self.session() as session:
+            return set(session.scalars(select(Study.study_uid).where(Study.pacs_peer == peer)))
+
+    def instance_uids(self, study_uid: str, series_uid: str | None = None) -> set[str]:
+        """SOP Instance UIDs the index knows in a study (or one of its series)."""
+        with self.session() as session:
+            query = select(Instance.sop_uid).join(Series).join(Study).where(Study.study_uid == study_uid)
+            if series_uid:
+                query = query.where(Series.series_uid == series_uid)
+            return set(session.scalars(query))
+
+    def sop_classes(self, study_uid: str, series_uid: str | None = None) -> dict[str, set[str]]:
+        """SOP class → transfer syntaxes seen, for the instances of a study (or series)."""
+        with self.session() as session:
+            query = (
+                select(Instance.sop_class_uid, Instance.transfer_syntax_uid)
+                .join(Series)
+                .join(Study)
+                .where(Study.study_uid == study_uid)
+            )
+            if series_uid:
+                query = query.where(Series.series_uid == series_uid)
+            found: dict[str, set[str]] = {}
+            for sop_class, syntax in session.execute(query.distinct()):
+                if sop_class:
+                    found.setdefault(sop_class, set())
+                    if syntax:
+                        found[sop_class].add(syntax)
+            return found
+
+    def held(self, study_uid: str, series_uid: str | None = None) -> list[HeldInstance]:
+        """Instances of a study (or series) whose file is in our store."""
+        with self.session() as session:
+            query = (
+                select(Study.study_uid, Series.series_uid, Instance)
+                .join(Series, Instance.series_pk == Series.id)
+                .join(Study, Series.study_pk == Study.id)
+                .where(Study.study_uid == study_uid, Instance.file_path.is_not(None))
+                .order_by(Series.series_number, Instance.instance_number)
+            )
+            if series_uid:
+                query = query.where(Series.series_uid == series_uid)
+            return [
+                HeldInstance(
+                    study,
+                    series,
+                    i.sop_uid,
+                    i.sop_class_uid,
+                    i.transfer_syntax_uid,
+                    i.file_path or "",
+                    i.file_size or 0,
+                )
+                for study, series, i in session.execute(query)
+            ]
+
+    def counts(self) -> IndexCounts:
+        with self.session() as session:
+            held = session.execute(
+                select(func.count(Instance.id), func.coalesce(func.sum(Instance.file_size), 0)).where(
+                    Instance.file_path.is_not(None)
+                )
+            ).one()
+            return IndexCounts(
+                patients=session.scalar(select(func.count(Patient.id))) or 0,
+                studies=session.scalar(select(func.count(Study.id))) or 0,
+                series=session.scalar(select(func.count(Series.id))) or 0,
+                instances=session.scalar(select(func.count(Instance.id))) or 0,
+                instances_held=int(held[0]),
+                bytes_held=int(held[1] or 0),
+            )
+
+
+# --- helpers used inside one transaction ------------------------------------------------
+
+
+def _upsert_patient(session: Session, record: PatientRecord) -> Patient:
+    patient = session.scalars(
+        select(Patient).where(Patient.patient_id == record.patient_id, Patient.issuer == record.issuer)
+    ).one_or_none()
+    if patient is None:
+        patient = Patient(patient_id=record.patient_id, issuer=record.issuer)
+        session.add(patient)
+    patient.name = record.name or patient.name or ""
+    patient.name_normalized = normalize_name(patient.name)
+    patient.birth_date = record.birth_date or patient.birth_date or ""
+    patient.sex = record.sex or patient.sex or ""
+    if record.other_ids:
+        patient.other_ids = record.other_ids_json()
+    elif patient.other_ids is None:
+        patient.other_ids = "[]"
+    return patient
+
+
+def _upsert_study(session: Session, record: StudyRecord, peer: str) -> Study:
+    patient = _upsert_patient(session, record.patient)
+    study = session.scalars(select(Study).where(Study.study_uid == record.study_uid)).one_or_none()
+    if study is None:
+        study = Study(study_uid=record.study_uid)
+        session.add(study)
+    study.patient = patient
+    for attr in ("study_date", "study_time", "accession_number", "study_id", "description", "modalities"):
+        value = getattr(record, attr)
+        if value or getattr(study, attr) is None:
+            setattr(study, attr, value)
+    if record.referring_physician or study.referring_physician is None:
+        study.referring_physician = record.referring_physician
+        study.referring_physician_normalized = normalize_name(record.referring_physician)
+    if peer or study.pacs_peer is None:
+        study.pacs_peer = peer
+    session.flush()
+    return study
+
+
+def _upsert_series(session: Session, study: Study, record: SeriesRecord) -> Series:
+    series = session.scalars(select(Series).where(Series.series_uid == record.series_uid)).one_or_none()
+    if series is None:
+        series = Series(series_uid=record.series_uid)
+        session.add(series)
+    series.study = study
+    for attr in ("modality", "description", "body_part"):
+        value = getattr(record, attr)
+        if value or getattr(series, attr) is None:
+            setattr(series, attr, value)
+    if record.series_number is not None:
+        series.series_number = record.series_number
+    session.flush()
+    return series
+
+
+def _upsert_instance(session: Session, series: Series, record: InstanceRecord) -> Instance:
+    instance = session.scalars(select(Instance).where(Instance.sop_uid == record.sop_uid)).one_or_none()
+    if instance is None:
+        instance = Instance(sop_uid=record.sop_uid, sop_class_uid="", transfer_syntax_uid="")
+        session.add(instance)
+    instance.series = series
+    if record.sop_class_uid:
+        instance.sop_class_uid = record.sop_class_uid
+    if record.transfer_syntax_uid and not instance.file_path:
+        instance.transfer_syntax_uid = record.transfer_syntax_uid
+    for attr in ("instance_number", "rows", "columns", "number_of_frames"):
+        value = getattr(record, attr)
+        if value is not None:
+            setattr(instance, attr, value)
+    session.flush()
+    return instance
+
+
+def _delete(session: Session, rows: list[Series] | list[Instance]) -> list[str]:
+    files: list[str] = []
+    for row in rows:
+        if isinstance(row, Instance):
+            if row.file_path:
+                files.append(row.file_path)
+        else:
+            files.extend(i.file_path for i in row.instances if i.file_path)
+        session.delete(row)
+    return files

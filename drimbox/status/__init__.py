@@ -1,0 +1,1 @@
+"""The unauthenticated health and status pages (no patient data: decisions, Routes)."""

@@ -1,0 +1,1 @@
+"""Instance files on disk and their entry into the index."""

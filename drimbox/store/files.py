@@ -1,0 +1,128 @@
+"""Instance files on disk: complete or absent, never half-written.
+
+Files arrive in `incoming/` (pynetdicom's chunked receive writes there), are checked, then
+renamed into `store/<study>/<series>/<sop>.dcm`. A rename on one filesystem is atomic, so a
+reader or a restart sees either the whole file or nothing. UIDs are validated before they become
+path components; nothing else from outside ever does.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from drimbox.errors import InvalidInstance, StoreError, StoreFull
+from drimbox.uids import checked_uid
+
+
+@dataclass(frozen=True)
+class InspectedFile:
+    """The header of a received file, checked to be a complete DICOM instance."""
+
+    dataset: Dataset
+    transfer_syntax_uid: str
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+    size: int
+
+
+class InstanceStore:
+    """The folder tree of instance files."""
+
+    def __init__(self, folder: Path, fsync: bool = False) -> None:
+        self.root = folder / "store"
+        self.incoming = folder / "incoming"
+        self.fsync = fsync
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.incoming.mkdir(parents=True, exist_ok=True)
+
+    def clean_incoming(self) -> int:
+        """Remove files left in `incoming/` by an interrupted run; return how many."""
+        removed = 0
+        for leftover in self.incoming.iterdir():
+            if leftover.is_file():
+                leftover.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
+    def path_for(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
+        return (
+            self.root
+            / checked_uid(study_uid, "StudyInstanceUID")
+            / checked_uid(series_uid, "SeriesInstanceUID")
+            / f"{checked_uid(sop_uid, 'SOPInstanceUID')}.dcm"
+        )
+
+    def inspect(self, path: Path) -> InspectedFile:
+        """Read the header of `path` and prove the file is complete; raise InvalidInstance if not."""
+        try:
+            size = path.stat().st_size
+            ds = dcmread(path, defer_size=1024)
+            for tag in list(ds.keys()):
+                _check_within(ds.get_item(tag), size)
+            meta = ds.file_meta
+            syntax = str(meta.get("TransferSyntaxUID", ""))
+            return InspectedFile(
+                dataset=ds,
+                transfer_syntax_uid=checked_uid(syntax, "TransferSyntaxUID"),
+                study_uid=checked_uid(ds.get("StudyInstanceUID"), "StudyInstanceUID"),
+                series_uid=checked_uid(ds.get("SeriesInstanceUID"), "SeriesInstanceUID"),
+                sop_uid=checked_uid(ds.get("SOPInstanceUID"), "SOPInstanceUID"),
+                sop_class_uid=checked_uid(ds.get("SOPClassUID"), "SOPClassUID"),
+                size=size,
+            )
+        except InvalidInstance:
+            raise
+        except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise InvalidInstance(f"not a readable DICOM instance: {exc.__class__.__name__}: {exc}") from exc
+        except Exception as exc:  # pydicom raises a wide range on hostile input
+            raise InvalidInstance(f"not a readable DICOM instance: {exc.__class__.__name__}: {exc}") from exc
+
+    def admit(self, received: Path, inspected: InspectedFile) -> Path:
+        """Move a checked file into its place in the store and return that place."""
+        final = self.path_for(inspected.study_uid, inspected.series_uid, inspected.sop_uid)
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            if self.fsync:
+                with open(received, "rb") as handle:
+                    os.fsync(handle.fileno())
+            try:
+                os.replace(received, final)
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                partial = self.incoming / f"{inspected.sop_uid}.part"
+                shutil.copyfile(received, partial)
+                os.replace(partial, final)
+                received.unlink(missing_ok=True)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise StoreFull("no space left in the store folder") from exc
+            raise StoreError(f"cannot place the instance in the store: {exc}") from exc
+        return final
+
+    def remove(self, paths: list[str]) -> None:
+        """Delete files the index no longer refers to (only below our root)."""
+        root = self.root.resolve()
+        for name in paths:
+            path = Path(name).resolve()
+            if path.is_relative_to(root):
+                path.unlink(missing_ok=True)
+
+
+def _check_within(elem: object, size: int) -> None:
+    """A value pydicom deferred (not read) must still lie inside the file: catches truncation."""
+    if not isinstance(elem, RawDataElement) or elem.value is not None or elem.length == 0xFFFFFFFF:
+        return
+    if elem.value_tell + elem.length > size:
+        raise InvalidInstance(f"truncated: element {elem.tag} ends past the end of the file")

@@ -1,0 +1,74 @@
+"""How an instance file becomes part of our store and index, whoever brought it.
+
+The DIMSE boundary (C-STORE SCP, C-GET sub-operations) and later STOW-RS hand a received file
+here. Order matters: check the file, rename it into place, then index it; if indexing fails the
+file is removed again, so the store never holds a file the index does not know and the index
+never points at a file that is not complete.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from drimbox.errors import InstanceMismatch, InvalidInstance
+from drimbox.index.records import InstanceEntry, StoredFile
+from drimbox.index.repository import IndexRepository
+from drimbox.ports import AuditEvent, AuditTrail
+from drimbox.store.files import InstanceStore
+
+log = logging.getLogger(__name__)
+
+
+class InstanceIntake:
+    """Admits received instance files into the store and the index."""
+
+    def __init__(self, store: InstanceStore, index: IndexRepository, audit: AuditTrail) -> None:
+        self.store = store
+        self.index = index
+        self.audit = audit
+
+    def admit(
+        self,
+        received: Path,
+        *,
+        sender: str,
+        peer: str = "",
+        expected_sop_uid: str | None = None,
+        expected_sop_class_uid: str | None = None,
+    ) -> InstanceEntry:
+        """Check, place and index `received`; raise InvalidInstance (file removed) if it is not valid."""
+        try:
+            inspected = self.store.inspect(received)
+            if expected_sop_uid and inspected.sop_uid != expected_sop_uid:
+                raise InstanceMismatch(
+                    f"SOPInstanceUID {inspected.sop_uid} differs from the request's {expected_sop_uid}"
+                )
+            if expected_sop_class_uid and inspected.sop_class_uid != expected_sop_class_uid:
+                raise InstanceMismatch(
+                    f"SOPClassUID {inspected.sop_class_uid} differs from the request's {expected_sop_class_uid}"
+                )
+        except InvalidInstance as exc:
+            received.unlink(missing_ok=True)
+            log.warning("instance refused", extra={"event": "instance.refused", "peer": sender, "reason": str(exc)})
+            self.audit.record(AuditEvent("instance.stored", sender, "failure", detail={"reason": str(exc)}))
+            raise
+        final = self.store.admit(received, inspected)
+        entry = InstanceEntry.from_dataset(
+            inspected.dataset, inspected.transfer_syntax_uid, StoredFile(str(final), inspected.size)
+        )
+        try:
+            self.index.record_stored(entry, peer)
+        except BaseException:
+            final.unlink(missing_ok=True)
+            raise
+        self.audit.record(
+            AuditEvent(
+                "instance.stored",
+                sender,
+                patient_id=entry.study.patient.patient_id,
+                study_uid=entry.study.study_uid,
+                detail={"sop_uid": entry.instance.sop_uid, "bytes": inspected.size},
+            )
+        )
+        return entry

@@ -1,0 +1,141 @@
+"""The DIMSE boundary against a real Orthanc: echo, incremental indexing, C-GET and C-MOVE retrieval."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from drimbox.daemon import Node
+from tests.conftest import NodeFactory, orthanc_peer, register_with_orthanc
+from tests.support.datasets import CT, DBT, MG, StudySpec, elements_equal, pixel_hash, write_study
+from tests.support.peers import Orthanc
+
+DAY = date(2026, 11, 20)
+
+
+@pytest.fixture
+def two_studies(tmp_path: Path, orthanc: Orthanc) -> dict[str, list[Path]]:
+    mammo = StudySpec(patient_id="IPP00000001", series=[(MG, "MG", 4)], accession="ACC1")
+    mixed = StudySpec(
+        patient_id="IPP00000002",
+        patient_name="LEFÈVRE^Françoise",
+        accession="ACC2",
+        series=[(CT, "CT", 5), (DBT, "MG", 1)],
+        frames=3,
+    )
+    files = {mammo.study_uid: write_study(mammo, tmp_path / "s1"), mixed.study_uid: write_study(mixed, tmp_path / "s2")}
+    orthanc.upload([p for paths in files.values() for p in paths])
+    return files
+
+
+def test_echo(orthanc: Orthanc, make_node: NodeFactory) -> None:
+    node = make_node({"main": orthanc_peer(orthanc)})
+    health = node.echo("main")
+    assert health.reachable is True
+    assert health.detail == "status 0x0000"
+
+
+def test_echo_to_a_closed_port_says_unreachable(make_node: NodeFactory) -> None:
+    from tests.support.peers import free_port
+
+    node = make_node({"gone": {"ae_title": "NOBODY", "host": "127.0.0.1", "port": free_port()}})
+    health = node.echo("gone")
+    assert health.reachable is False
+    assert "did not accept the association" in health.detail
+
+
+def test_index_finds_exactly_what_orthanc_holds(
+    orthanc: Orthanc, make_node: NodeFactory, two_studies: dict[str, list[Path]]
+) -> None:
+    node = make_node({"main": orthanc_peer(orthanc)})
+    report = node.index_peer("main", DAY, DAY)
+    assert report.studies_seen == 2 and report.studies_new == 2
+    counts = node.index.counts()
+    assert (counts.patients, counts.studies, counts.series, counts.instances) == (2, 2, 3, 10)
+    for study_uid, files in two_studies.items():
+        expected = {f.stem for f in files}
+        assert node.index.instance_uids(study_uid) == expected
+
+
+def test_reindexing_is_incremental(
+    orthanc: Orthanc, make_node: NodeFactory, tmp_path: Path, two_studies: dict[str, list[Path]]
+) -> None:
+    node = make_node({"main": orthanc_peer(orthanc)})
+    node.index_peer("main", DAY, DAY)
+    again = node.index_peer("main", DAY, DAY)
+    assert again.studies_unchanged == 2
+    assert dict(again.stats.requests) == {"STUDY": 1}
+
+    # one more instance in one series of one study: only that study and series are descended into
+    study_uid = next(iter(two_studies))
+    extra = StudySpec(study_uid=study_uid, series=[(MG, "MG", 1)], accession="ACC1")
+    orthanc.upload(write_study(extra, tmp_path / "extra"))
+    third = node.index_peer("main", DAY, DAY)
+    assert (third.studies_changed, third.studies_unchanged) == (1, 1)
+    assert dict(third.stats.requests) == {"STUDY": 1, "SERIES": 1, "IMAGE": 1}
+    assert len(node.index.instance_uids(study_uid)) == 5
+
+
+def test_study_deleted_from_pacs_leaves_the_index(
+    orthanc: Orthanc, make_node: NodeFactory, two_studies: dict[str, list[Path]]
+) -> None:
+    node = make_node({"main": orthanc_peer(orthanc)})
+    node.index_peer("main", DAY, DAY)
+    gone = next(iter(two_studies))
+    for path in two_studies[gone]:
+        orthanc.delete_instance(path.stem)
+    report = node.index_peer("main", DAY, DAY)
+    assert report.studies_removed == 1
+    assert node.index.study_state(gone) is None
+
+
+def _check_retrieved(node: Node, files: list[Path], study_uid: str) -> None:
+    held = {h.sop_uid: h for h in node.index.held(study_uid)}
+    assert set(held) == {f.stem for f in files}
+    for original in files:
+        stored = held[original.stem]
+        assert Path(stored.path).is_file()
+        assert pixel_hash(stored.path) == pixel_hash(original)
+        assert elements_equal(stored.path, original)
+
+
+@pytest.mark.parametrize("method", ["c-get", "c-move"])
+def test_retrieve_stores_identical_instances(
+    method: str, orthanc: Orthanc, make_node: NodeFactory, two_studies: dict[str, list[Path]]
+) -> None:
+    node = make_node({"main": orthanc_peer(orthanc, method)})
+    if method == "c-move":
+        node.scp.start()
+        register_with_orthanc(orthanc, node)
+    node.index_peer("main", DAY, DAY)
+    for study_uid, files in two_studies.items():
+        report = node.retriever.retrieve(study_uid)
+        assert (report.stored, report.failed) == (len(files), 0)
+        _check_retrieved(node, files, study_uid)
+    assert list(node.store.incoming.iterdir()) == []
+
+
+def test_retrieve_without_prior_index_learns_sop_classes_by_cfind(
+    orthanc: Orthanc, make_node: NodeFactory, two_studies: dict[str, list[Path]]
+) -> None:
+    node = make_node({"main": orthanc_peer(orthanc)})
+    study_uid, files = list(two_studies.items())[1]
+    report = node.retriever.retrieve(study_uid)
+    assert report.stored == len(files)
+    _check_retrieved(node, files, study_uid)
+
+
+def test_fetch_series_yields_files_as_they_land(
+    orthanc: Orthanc, make_node: NodeFactory, two_studies: dict[str, list[Path]]
+) -> None:
+    node = make_node({"main": orthanc_peer(orthanc)})
+    node.index_peer("main", DAY, DAY)
+    study_uid, files = list(two_studies.items())[1]
+    from pydicom import dcmread
+
+    series_uid = dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID
+    expected = {f.stem for f in files if dcmread(f, stop_before_pixels=True).SeriesInstanceUID == series_uid}
+    got = [p.stem for p in node.retriever.fetch_series(study_uid, series_uid)]
+    assert set(got) == expected and len(got) == len(expected)
