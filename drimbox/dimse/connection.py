@@ -12,7 +12,7 @@ import logging
 import socket
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 from pynetdicom import AE, _config, build_context
@@ -58,10 +58,8 @@ def configure_pynetdicom() -> None:
         sock = self.socket
         if sock is None:
             return
-        try:
+        with suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
         sock.close()
 
     cls.__init__ = init_with_nodelay  # type: ignore[method-assign]
