@@ -91,12 +91,16 @@ def make_node(tmp_path: Path) -> Iterator[NodeFactory]:
     """Build drimbox nodes on real peers; their DICOM listeners are stopped at the end."""
     nodes: list[Node] = []
 
-    def factory(peers: dict[str, dict[str, Any]], database_url: str | None = None, folder: Path | None = None) -> Node:
+    def factory(
+        peers: dict[str, dict[str, Any]],
+        database_url: str | None = None,
+        folder: Path | None = None,
+        dimse_port: int | None = None,
+    ) -> Node:
         where = folder or tmp_path / f"box{len(nodes)}"
         where.mkdir(parents=True, exist_ok=True)
-        config = write_config(
-            where, peers=peers, dimse_port=free_port(), http_port=free_port(), database_url=database_url
-        )
+        port = dimse_port or free_port()
+        config = write_config(where, peers=peers, dimse_port=port, http_port=free_port(), database_url=database_url)
         node = build_node(load_settings(config))
         node.config_path = config  # type: ignore[attr-defined]
         nodes.append(node)

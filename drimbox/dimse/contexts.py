@@ -18,7 +18,7 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
-from pynetdicom import build_context, build_role
+from pynetdicom import StoragePresentationContexts, build_context, build_role
 from pynetdicom.pdu_primitives import SCP_SCU_RoleSelectionNegotiation
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import _STORAGE_CLASSES
@@ -65,6 +65,10 @@ COMPRESSED = [
 SCP_TRANSFER_SYNTAXES: list[str | UID] = [*COMPRESSED, *UNCOMPRESSED]
 
 STORAGE_SOP_CLASSES: list[str] = [str(uid) for uid in _STORAGE_CLASSES.values()]
+
+#: pynetdicom's selection of the 120 most used storage classes (MG, DBT and CT included): what a
+#: C-GET offers when the PACS does not say which classes a study holds.
+COMMON_STORAGE_SOP_CLASSES: list[str] = [str(cx.abstract_syntax) for cx in StoragePresentationContexts]
 
 
 def retrieve_syntaxes(stored: Iterable[str]) -> list[str | UID]:

@@ -22,7 +22,7 @@ from pynetdicom import build_context, evt
 
 from drimbox.config import Settings
 from drimbox.dimse.connection import PeerConnector
-from drimbox.dimse.contexts import GET_MODEL, MOVE_MODEL, cget_storage_contexts
+from drimbox.dimse.contexts import COMMON_STORAGE_SOP_CLASSES, GET_MODEL, MOVE_MODEL, cget_storage_contexts
 from drimbox.dimse.find import PacsQuery
 from drimbox.dimse.scp import StoreServer
 from drimbox.dimse.storage import StorageHandler
@@ -169,8 +169,14 @@ class Retriever:
                 found.setdefault(record.sop_class_uid, set())
                 if record.transfer_syntax_uid:
                     found[record.sop_class_uid].add(record.transfer_syntax_uid)
-        if not found:
+        if not answers:
             raise RetrieveFailed(f"{peer} has no instance of study {study_uid}")
+        if not found:
+            # The PACS lists instances without their SOP class (DCMTK dcmqrscp does): offer the
+            # common storage classes instead, which fit in one association.
+            log.info("SOP classes unknown, offering common ones", extra={"event": "cget.common_classes",
+                                                                          "peer": peer, "study_uid": study_uid})
+            return {sop_class: set() for sop_class in COMMON_STORAGE_SOP_CLASSES}
         return found
 
     # --- C-MOVE -------------------------------------------------------------------------

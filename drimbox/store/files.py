@@ -69,7 +69,7 @@ class InstanceStore:
             size = path.stat().st_size
             ds = dcmread(path, defer_size=1024)
             for tag in list(ds.keys()):
-                _check_within(ds.get_item(tag), size)
+                _check_within(ds.get_item(tag, keep_deferred=True), size)
             meta = ds.file_meta
             syntax = str(meta.get("TransferSyntaxUID", ""))
             return InspectedFile(

@@ -174,7 +174,12 @@ class Orthanc:
 class DcmQrScp:
     """DCMTK's dcmqrscp as a second PACS implementation, with its files indexed by dcmqridx."""
 
-    def __init__(self, folder: Path, shim: Path, destinations: dict[str, tuple[str, str, int]]) -> None:
+    def __init__(
+        self, folder: Path, shim: Path, destinations: dict[str, tuple[str, str, int]], options: tuple[str, ...] = ()
+    ) -> None:
+        # dcmqrscp cannot encode JPEG 2000: `+xv -xv` (needed to serve J2K files) makes it
+        # negotiate J2K for uncompressed files too, then fail to convert (0xA702). Options follow the data.
+        self.options = options
         self.folder = folder
         self.shim = shim
         self.port = free_port()
@@ -209,7 +214,7 @@ AETable END
         )
         self.log = open(self.folder / "dcmqrscp.log", "wb")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
-            ["dcmqrscp", "+xv", "-xv", "-c", str(config)],
+            ["dcmqrscp", *self.options, "-c", str(config)],
             stdout=self.log,
             stderr=subprocess.STDOUT,
             env=_env(self.shim),

@@ -1,0 +1,114 @@
+"""Our C-STORE SCP: real pushers (DCMTK storescu, pynetdicom), and hostile input that must be refused cleanly."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pynetdicom import AE, StoragePresentationContexts, _config
+
+from drimbox.daemon import Node
+from tests.conftest import BOX_AET, NodeFactory
+from tests.support.datasets import CT, DBT, StudySpec, elements_equal, write_study
+
+
+@pytest.fixture
+def box(make_node: NodeFactory) -> Iterator[Node]:
+    node = make_node({})
+    node.scp.start()
+    yield node
+
+
+def _send_raw(node: Node, path: Path) -> int:
+    """C-STORE `path` byte for byte (no decoding on our side), as a hostile or broken modality would."""
+    ae = AE(ae_title="PUSHER")
+    ae.requested_contexts = StoragePresentationContexts
+    host, port = node.scp.address
+    previous = _config.STORE_SEND_CHUNKED_DATASET
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    try:
+        assoc = ae.associate(host, port, ae_title=BOX_AET)
+        assert assoc.is_established
+        try:
+            status = assoc.send_c_store(path)
+        finally:
+            assoc.release()
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = previous
+    return int(status.Status)
+
+
+def _echo(node: Node) -> int:
+    ae = AE(ae_title="PUSHER")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    host, port = node.scp.address
+    assoc = ae.associate(host, port, ae_title=BOX_AET)
+    status = assoc.send_c_echo()
+    assoc.release()
+    return int(status.Status)
+
+
+def _nothing_kept(node: Node) -> None:
+    assert node.index.counts().instances == 0
+    assert [p for p in node.store.root.rglob("*") if p.is_file()] == []
+    assert list(node.store.incoming.iterdir()) == []
+
+
+def test_storescu_pushes_a_tomosynthesis_object(box: Node, tmp_path: Path) -> None:
+    spec = StudySpec(series=[(DBT, "MG", 1)], frames=12, rows=128, columns=96)
+    [path] = write_study(spec, tmp_path / "dbt")
+    host, port = box.scp.address
+    result = subprocess.run(
+        ["storescu", "--required", "-aec", BOX_AET, host, str(port), str(path)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    [held] = box.index.held(spec.study_uid)
+    assert held.sop_class_uid == DBT
+    assert elements_equal(held.path, path)
+    assert dcmread(held.path).NumberOfFrames == 12
+
+
+def test_truncated_instance_is_refused_and_nothing_is_kept(box: Node, tmp_path: Path) -> None:
+    [path] = write_study(StudySpec(series=[(CT, "CT", 1)], rows=64, columns=64), tmp_path / "ct")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 3000])
+    assert _send_raw(box, path) == 0xC000
+    _nothing_kept(box)
+    assert _echo(box) == 0x0000
+
+
+def test_garbage_data_set_is_refused(box: Node, tmp_path: Path) -> None:
+    [path] = write_study(StudySpec(series=[(CT, "CT", 1)]), tmp_path / "ct")
+    ds = dcmread(path)
+    header_end = len(path.read_bytes()) - len(ds.PixelData) - 200
+    data = bytearray(path.read_bytes())
+    data[header_end - 300 : header_end] = b"\xff" * 300
+    path.write_bytes(bytes(data))
+    assert _send_raw(box, path) == 0xC000
+    _nothing_kept(box)
+    assert _echo(box) == 0x0000
+
+
+def test_instance_contradicting_its_request_is_refused(box: Node, tmp_path: Path) -> None:
+    [path] = write_study(StudySpec(series=[(CT, "CT", 1)]), tmp_path / "ct")
+    ds = dcmread(path)
+    announced = ds.file_meta.MediaStorageSOPInstanceUID  # the C-STORE request carries this one
+    ds.SOPInstanceUID = "1.2.3.4.5.6.7"
+    ds.save_as(path, enforce_file_format=False)
+    assert dcmread(path).file_meta.MediaStorageSOPInstanceUID == announced
+    assert _send_raw(box, path) == 0xA900
+    _nothing_kept(box)
+
+
+def test_malformed_uid_is_refused(box: Node, tmp_path: Path) -> None:
+    [path] = write_study(StudySpec(series=[(CT, "CT", 1)]), tmp_path / "ct")
+    ds = dcmread(path)
+    with pytest.warns(UserWarning, match="Invalid value for VR UI"):
+        ds.StudyInstanceUID = "1.2.abc/../../etc"
+        ds.save_as(path, enforce_file_format=True)
+    assert _send_raw(box, path) == 0xC000
+    _nothing_kept(box)
+    assert _echo(box) == 0x0000
