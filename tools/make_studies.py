@@ -430,9 +430,7 @@ def start_study(
     """The study's rng, identity and (created) output directory."""
     rng = rng_for(opts.seed, key)
     patient = make_patient(opts.seed, key, sex, ages, opts.base_date)
-    study = make_study(
-        opts.seed, key, rng, patient, description, study_date(rng, opts.base_date, opts.spread_days)
-    )
+    study = make_study(opts.seed, key, rng, patient, description, study_date(rng, opts.base_date, opts.spread_days))
     index = int(key.rsplit("/", 1)[1])
     study_dir = os.path.join(opts.out, f"{kind}-{index:03d}")
     os.makedirs(study_dir, exist_ok=True)
@@ -518,9 +516,7 @@ def make_ffdm(opts: Options, index: int) -> dict[str, Any]:
     )
 
 
-def dbt_multiframe_modules(
-    ds: Dataset, seed: int, key: str, lat: str, frames: int, bits: int, spacing: float
-) -> None:
+def dbt_multiframe_modules(ds: Dataset, seed: int, key: str, lat: str, frames: int, bits: int, spacing: float) -> None:
     """Enhanced multi-frame attributes: dimensions, shared and per-frame functional groups."""
     slice_mm = 1.0
     dim_org_uid = uid(seed, key, "dimorg")
@@ -541,17 +537,13 @@ def dbt_multiframe_modules(
         PlaneOrientationSequence=seq(ImageOrientationPatient=[0, 1 if lat == "R" else -1, 0, 0, 0, -1]),
         FrameVOILUTSequence=seq(WindowCenter=str((1 << bits) // 2), WindowWidth=str((1 << bits) - 1)),
         PixelValueTransformationSequence=seq(RescaleIntercept="0", RescaleSlope="1", RescaleType="US"),
-        FrameAnatomySequence=seq(
-            AnatomicRegionSequence=Sequence([code_item(*BREAST_CODE)]), FrameLaterality=lat
-        ),
+        FrameAnatomySequence=seq(AnatomicRegionSequence=Sequence([code_item(*BREAST_CODE)]), FrameLaterality=lat),
     )
     thickness = float(ds.BodyPartThickness)
     ds.PerFrameFunctionalGroupsSequence = Sequence(
         item(
             FrameContentSequence=seq(FrameAcquisitionNumber=1, DimensionIndexValues=[f + 1]),
-            PlanePositionSequence=seq(
-                ImagePositionPatient=[ds_num(thickness * f / max(frames - 1, 1)), "0", "0"]
-            ),
+            PlanePositionSequence=seq(ImagePositionPatient=[ds_num(thickness * f / max(frames - 1, 1)), "0", "0"]),
             XRay3DFrameTypeSequence=seq(FrameType=["DERIVED", "PRIMARY", "TOMOSYNTHESIS", "NONE"]),
         )
         for f in range(frames)
@@ -639,9 +631,7 @@ def make_ct(opts: Options, index: int, slices: int) -> dict[str, Any]:
         total += write(ds, os.path.join(study_dir, f"CT{n:04d}.dcm"))
         if n % 100 == 0 or n == slices:
             opts.log(f"  {study_dir}: {n}/{slices}")
-    return manifest_entry(
-        study, "ct", study_dir, [series[0]], CT_IMAGE, slices, slices, total, (size, size), 12
-    )
+    return manifest_entry(study, "ct", study_dir, [series[0]], CT_IMAGE, slices, slices, total, (size, size), 12)
 
 
 def make_tiny(opts: Options, start: int, count: int) -> dict[str, Any]:

@@ -174,8 +174,10 @@ class Retriever:
         if not found:
             # The PACS lists instances without their SOP class (DCMTK dcmqrscp does): offer the
             # common storage classes instead, which fit in one association.
-            log.info("SOP classes unknown, offering common ones", extra={"event": "cget.common_classes",
-                                                                          "peer": peer, "study_uid": study_uid})
+            log.info(
+                "SOP classes unknown, offering common ones",
+                extra={"event": "cget.common_classes", "peer": peer, "study_uid": study_uid},
+            )
             return {sop_class: set() for sop_class in COMMON_STORAGE_SOP_CLASSES}
         return found
 
