@@ -7,6 +7,7 @@ bad usage, 130 on Ctrl-C); tracebacks are for bugs only.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Sequence
@@ -96,7 +97,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from drimbox.daemon import Daemon
 
     settings = _settings(args)
-    Daemon(settings).run()
+    # uvicorn re-raises the SIGINT it handled once it has shut down cleanly
+    with contextlib.suppress(KeyboardInterrupt):
+        Daemon(settings).run()
     return 0
 
 

@@ -152,8 +152,9 @@ def build_app(node: Node) -> FastAPI:
 class Daemon:
     """`drimbox serve`: the DICOM listener, the HTTP server and the periodic work."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, index_at_start: bool = True) -> None:
         self.settings = settings
+        self.index_at_start = index_at_start
         self.node = build_node(settings)
         self.app = build_app(self.node)
         self._stop = threading.Event()
@@ -207,6 +208,8 @@ class Daemon:
 
     def _index_loop(self) -> None:
         last_full: date | None = None
+        if not self.index_at_start:
+            self._stop.wait(self.settings.index.interval_minutes * 60)
         while not self._stop.is_set():
             full = last_full != date.today() and datetime.now().hour == self.settings.index.full_at_hour
             for peer in self.settings.pacs:

@@ -2,8 +2,8 @@
 
 A PACS may cap the matches it returns (Orthanc's LimitFindResults, most vendor PACS) or drop an
 association in the middle of a long answer. A study query over a date range is therefore split
-in two whenever it comes back full or failed, down to one day and then to time slices of that
-day; each query is retried on a fresh association before giving up.
+in two whenever it comes back full or failed, down to one day and then to ever narrower StudyTime
+ranges of that day; each query is retried on a fresh association before giving up.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 PENDING = (0xFF00, 0xFF01)
 OUT_OF_RESOURCES = (0xA700, 0xA701, 0xA702)
+# Orthanc ends a capped answer with "Matching terminated due to Cancel" after sending the matches.
+CANCELLED = 0xFE00
 
 STUDY_KEYS = (
     "PatientID", "IssuerOfPatientID", "PatientName", "PatientBirthDate", "PatientSex",
@@ -41,9 +43,6 @@ IMAGE_KEYS = (
     "SOPInstanceUID", "SOPClassUID", "InstanceNumber", "Rows", "Columns", "NumberOfFrames",
     "AvailableTransferSyntaxUID",
 )  # fmt: skip
-
-# Time slices a single day is cut into when even one day's studies exceed the PACS's limit.
-_DAY_SLICES = [(f"{h:02d}0000", f"{h + 5:02d}5959") for h in range(0, 24, 6)]
 
 
 class TooManyMatches(QueryFailed):
@@ -86,7 +85,7 @@ class PacsQuery:
                 self.stats.retries += 1
                 log.warning(
                     "C-FIND retried",
-                    extra={"event": "cfind.retry", "peer": self.peer, "level": level, "reason": str(exc)},
+                    extra={"event": "cfind.retry", "peer": self.peer, "query_level": level, "reason": str(exc)},
                 )
                 time.sleep(self.backoff * attempt)
         raise AssertionError("unreachable")
@@ -107,8 +106,8 @@ class PacsQuery:
                     continue
                 if code == 0x0000:
                     break
-                if code in OUT_OF_RESOURCES:
-                    raise TooManyMatches(f"{self.peer}: out of resources (0x{code:04X}) at {level} level")
+                if code in OUT_OF_RESOURCES or code == CANCELLED:
+                    raise TooManyMatches(f"{self.peer}: answer capped (0x{code:04X}) at {level} level", matches)
                 raise QueryFailed(f"{self.peer}: C-FIND at {level} level failed with status 0x{code:04X}")
         if self.limit is not None and len(matches) >= self.limit:
             raise TooManyMatches(f"{self.peer}: {len(matches)} matches reach the PACS's limit", matches)
@@ -136,22 +135,29 @@ class PacsQuery:
         self._studies_in(first, middle, on_batch)
         self._studies_in(middle + timedelta(days=1), last, on_batch)
 
-    def _day_in_slices(self, day: date, on_batch: Callable[[list[Dataset]], None]) -> None:
+    def _day_in_slices(
+        self, day: date, on_batch: Callable[[list[Dataset]], None], first: int = 0, last: int = 86399
+    ) -> None:
+        """One day's studies, bisecting the StudyTime range while answers come back capped."""
         self.stats.splits += 1
-        text = day.strftime("%Y%m%d")
-        for start, end in _DAY_SLICES:
-            identifier = _study_identifier(text)
-            identifier.StudyTime = f"{start}-{end}"
-            try:
-                on_batch(self.find("STUDY", identifier))
-            except TooManyMatches as exc:
+        identifier = _study_identifier(day.strftime("%Y%m%d"))
+        identifier.StudyTime = f"{_hhmmss(first)}-{_hhmmss(last)}"
+        try:
+            on_batch(self.find("STUDY", identifier))
+            return
+        except TooManyMatches as exc:
+            if last - first < 60:
                 # Nothing narrower to ask: keep what came back and say so.
                 self.stats.truncated += 1
                 log.error(
                     "C-FIND truncated",
-                    extra={"event": "cfind.truncated", "peer": self.peer, "day": text, "reason": str(exc)},
+                    extra={"event": "cfind.truncated", "peer": self.peer, "day": str(day), "reason": str(exc)},
                 )
                 on_batch(exc.matches)
+                return
+        middle = (first + last) // 2
+        self._day_in_slices(day, on_batch, first, middle)
+        self._day_in_slices(day, on_batch, middle + 1, last)
 
     def series(self, study_uid: str) -> list[Dataset]:
         identifier = Dataset()
@@ -167,6 +173,10 @@ class PacsQuery:
         for key in IMAGE_KEYS:
             setattr(identifier, key, None)
         return self.find("IMAGE", identifier)
+
+
+def _hhmmss(seconds: int) -> str:
+    return f"{seconds // 3600:02d}{seconds // 60 % 60:02d}{seconds % 60:02d}"
 
 
 def _date_range(first: date | None, last: date | None) -> str:

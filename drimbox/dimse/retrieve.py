@@ -78,11 +78,14 @@ class Retriever:
 
     def peer_for(self, study_uid: str) -> str:
         """The peer the index says holds the study, or the only configured one."""
+        study_uid = checked_uid(study_uid, "StudyInstanceUID")
         indexed = self.index.study_peer(study_uid)
         if indexed in self.settings.pacs:
             return indexed
         if len(self.settings.pacs) == 1:
             return next(iter(self.settings.pacs))
+        if not self.settings.pacs:
+            raise RetrieveFailed("no PACS peer configured; add a [pacs.<name>] section")
         raise RetrieveFailed(f"study {study_uid} is not indexed; run `drimbox index` first")
 
     def retrieve(

@@ -8,6 +8,7 @@ PACS and prints where to look. Ctrl-C stops everything.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
 import subprocess
@@ -161,14 +162,16 @@ def run_demo(data: Path, samples: Path, http_port: int, wait: bool = True) -> in
     pacs.start()
     try:
         loaded = pacs.load(files)
-        daemon = Daemon(settings)
+        daemon = Daemon(settings, index_at_start=False)
         report = daemon.node.index_peer("demo", full=True)
         _banner(settings.http.port, data, loaded, report.studies_seen)
         if not wait:
             return 0
-        daemon.run()
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a demo ends
+            daemon.run()
     finally:
         pacs.stop()
+    print("drimbox demo stopped.", flush=True)
     return 0
 
 

@@ -24,6 +24,7 @@ class StudySpec:
     patient_id: str = "IPP00000001"
     patient_name: str = "DUPRÉ^Hélène"
     study_date: str = "20261120"
+    study_time: str = "101500"
     study_uid: str = field(default_factory=generate_uid)
     accession: str = "ACC0001"
     series: list[tuple[str, str, int]] = field(default_factory=lambda: [(CT, "CT", 3)])
@@ -57,7 +58,7 @@ def build_instance(
     ds.OtherPatientIDsSequence = Sequence([other])
     ds.StudyInstanceUID = spec.study_uid
     ds.StudyDate = spec.study_date
-    ds.StudyTime = "101500"
+    ds.StudyTime = spec.study_time
     ds.AccessionNumber = spec.accession
     ds.StudyID = "1"
     ds.StudyDescription = "TEST ÉTUDE"

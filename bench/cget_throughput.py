@@ -1,0 +1,493 @@
+"""C-GET throughput: drimbox's retrieval vs DCMTK getscu, from the same Orthanc, in the same run.
+
+What it measures, per study kind (FFDM 4 x ~27 MB, CT 500 x ~0.5 MB, optionally DBT 4 x ~557 MB):
+
+- getscu: `getscu -S -k QueryRetrieveLevel=STUDY -k StudyInstanceUID=UID -od DIR` (TCP_NODELAY=1),
+  the reference: wall time of the process and its peak RSS.
+- ours: `python -m drimbox.cli --config TOML retrieve UID` (demo mode, one [pacs.bench] peer =
+  the Orthanc, retrieve = "c-get"), in a fresh data folder (fresh SQLite index) each time. The
+  study is indexed first (`drimbox index --all --quiet`, untimed) so the C-GET knows the SOP
+  classes. Reported twice: the wall time of the retrieve process (includes Python start-up and
+  imports) and the in-process figure our CLI prints ("N instances stored (X MB in Y s, Z MB/s)";
+  the seconds are derived as X / Z for precision).
+
+Both tools run as child processes, and their peak RSS comes from `os.wait4()` (ru_maxrss) for
+that child alone. Each tool retrieves each study once untimed first (warms Orthanc's cache),
+then `--repeat` times, interleaved; rates use the best time. The received files are counted
+(and their transfer syntax compared with the source, to catch transcoding) and deleted after
+each run. The benchmark prints figures; it asserts nothing. The issue's target: our
+throughput >= 80 % of getscu's, and our peak RSS independent of the study size.
+
+Data comes from tools/make_studies.py into bench/.data/<size>-x<scale>/ (generated once, then
+reused); a throw-away Orthanc (tests.support.peers.Orthanc, 127.0.0.1 only) serves it. Results
+also go to bench/results/cget-<timestamp>.json.
+
+Run from the repository root:
+
+    .venv/bin/python -m bench.cget_throughput                        # FFDM + CT, full size, 3 repeats
+    .venv/bin/python -m bench.cget_throughput --size sample --repeat 1   # quick smoke run
+    .venv/bin/python bench/cget_throughput.py --dbt --orthanc-pdu 131072
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+from pydicom import dcmread
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # run as a script: make `tests.support` importable
+    sys.path.insert(0, str(REPO))
+
+from drimbox.config import DimseSettings  # noqa: E402
+from tests.support.peers import Orthanc, free_port, loopback_shim  # noqa: E402
+
+DATA = REPO / "bench" / ".data"
+RESULTS = REPO / "bench" / "results"
+GENERATOR = REPO / "tools" / "make_studies.py"
+ORTHANC_DEFAULT_PDU = 16384  # Orthanc 1.10's MaximumPduLength default
+GETSCU_DEFAULT_PDU = 16384  # getscu's --max-pdu default
+STORED = re.compile(r"(\d+) instances stored \(([\d.]+) MB in ([\d.]+) s, ([\d.]+) MB/s\)")
+
+
+@dataclass(frozen=True)
+class Study:
+    """One generated study, as the generator's manifest describes it."""
+
+    kind: str
+    uid: str
+    folder: Path
+    instances: int
+    bytes: int
+    transfer_syntax: str
+
+    def files(self) -> list[Path]:
+        return sorted(self.folder.glob("*.dcm"))
+
+
+@dataclass
+class Child:
+    """One measured child process."""
+
+    rc: int
+    seconds: float
+    max_rss_kib: int
+    stdout: Path
+    stderr: Path
+
+    def tail(self, lines: int = 15) -> str:
+        text = self.stdout.read_text(errors="replace") + self.stderr.read_text(errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+
+@dataclass
+class Run:
+    """One timed retrieval of one study by one tool."""
+
+    tool: str
+    study: str
+    files: int
+    bytes: int
+    seconds: float
+    max_rss_kib: int
+    transfer_syntaxes: list[str] = field(default_factory=list)
+    inproc_seconds: float | None = None  # ours only: from the CLI's report line
+    index_rss_kib: int | None = None  # ours only: the untimed `index` child
+
+
+class BenchError(RuntimeError):
+    """A retrieval failed or delivered the wrong number of instances."""
+
+
+# --- child processes ----------------------------------------------------------------------
+
+
+def run_child(cmd: Sequence[str], logs: Path, name: str, env: dict[str, str] | None = None) -> Child:
+    """Run `cmd` to completion; wall time around it, peak RSS of that child from wait4()."""
+    out, err = logs / f"{name}.out", logs / f"{name}.err"
+    with out.open("wb") as stdout, err.open("wb") as stderr:
+        began = time.perf_counter()
+        process = subprocess.Popen(list(cmd), stdout=stdout, stderr=stderr, env=env, cwd=REPO)
+        _, status, usage = os.wait4(process.pid, 0)
+        seconds = time.perf_counter() - began
+    process.returncode = os.waitstatus_to_exitcode(status)  # already reaped: tell Popen
+    return Child(process.returncode, seconds, usage.ru_maxrss, out, err)
+
+
+def received(folder: Path) -> tuple[int, int, list[str]]:
+    """Count, total size and transfer syntaxes of the DICOM files under `folder`."""
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    syntaxes = {str(dcmread(p, stop_before_pixels=True).file_meta.TransferSyntaxUID) for p in files[:3]}
+    return len(files), sum(p.stat().st_size for p in files), sorted(syntaxes)
+
+
+def python() -> str:
+    venv = REPO / ".venv" / "bin" / "python"
+    return str(venv) if venv.exists() else sys.executable
+
+
+# --- data and Orthanc ---------------------------------------------------------------------
+
+
+def ensure_data(size: str, scale: float, kinds: list[str]) -> list[Study]:
+    """Generate the studies into bench/.data/<size>-x<scale>/ unless they are already there."""
+    folder = DATA / f"{size}-x{scale:g}"
+    wanted = {"ffdm": ["--ffdm", "1"], "ct": ["--ct", "1"], "dbt": ["--dbt", "1"]}
+    missing = [kind for kind in kinds if not _study(folder, kind)]
+    if missing:
+        counts = [arg for kind in ("ffdm", "dbt", "ct") for arg in wanted[kind] if kind in missing]
+        zeros = [arg for kind in ("ffdm", "dbt", "ct") if kind not in missing for arg in (f"--{kind}", "0")]
+        cmd = [python(), str(GENERATOR), str(folder), "--size", size, "--scale", f"{scale:g}", *counts, *zeros, "-q"]
+        print(f"generating {', '.join(missing)}: {' '.join(cmd[1:])}", flush=True)
+        began = time.perf_counter()
+        subprocess.run(cmd, check=True, cwd=REPO)
+        print(f"  done in {time.perf_counter() - began:.0f} s", flush=True)
+    else:
+        print(f"reusing {folder.relative_to(REPO)}", flush=True)
+    studies = [_study(folder, kind) for kind in kinds]
+    return [s for s in studies if s is not None]
+
+
+def _study(folder: Path, kind: str) -> Study | None:
+    manifest = folder / "manifest.json"
+    if not manifest.exists():
+        return None
+    for entry in json.loads(manifest.read_text(encoding="utf-8"))["studies"]:
+        if entry["label"] == f"{kind}-000":
+            where = folder / entry["dir"]
+            files = sorted(where.glob("*.dcm"))
+            if len(files) != entry["instances"]:
+                return None
+            syntax = str(dcmread(files[0], stop_before_pixels=True).file_meta.TransferSyntaxUID)
+            return Study(kind, entry["StudyInstanceUID"], where, entry["instances"], entry["bytes"], syntax)
+    return None
+
+
+def start_orthanc(work: Path, pdu: int | None) -> Orthanc:
+    extra: dict[str, object] = {"MaximumPduLength": pdu} if pdu else {}
+    shim = loopback_shim(work)
+    return Orthanc(work / "orthanc", shim, extra=extra).start()
+
+
+def upload(orthanc: Orthanc, studies: list[Study]) -> None:
+    for study in studies:
+        began = time.perf_counter()
+        orthanc.upload(study.files())
+        print(f"uploaded {study.kind}: {study.instances} files in {time.perf_counter() - began:.1f} s", flush=True)
+
+
+# --- the two tools ------------------------------------------------------------------------
+
+
+def getscu_once(orthanc: Orthanc, study: Study, work: Path, name: str, pdu: int | None) -> Run:
+    target = work / name
+    target.mkdir()
+    cmd = [
+        "getscu",
+        "-S",
+        "-k",
+        "QueryRetrieveLevel=STUDY",
+        "-k",
+        f"StudyInstanceUID={study.uid}",
+        "-aec",
+        orthanc.ae_title,
+        "-aet",
+        "GETSCU",
+        "-od",
+        str(target),
+    ]
+    if pdu:
+        cmd += ["--max-pdu", str(pdu)]
+    env = {**os.environ, "TCP_NODELAY": "1"}
+    child = run_child([*cmd, "127.0.0.1", str(orthanc.dicom_port)], work / "logs", name, env)
+    try:
+        files, size, syntaxes = received(target)
+        if child.rc != 0 or files != study.instances:
+            raise BenchError(f"getscu ({study.kind}): rc {child.rc}, {files}/{study.instances} files\n{child.tail()}")
+        return Run("getscu", study.kind, files, size, child.seconds, child.max_rss_kib, syntaxes)
+    finally:
+        shutil.rmtree(target, ignore_errors=True)
+
+
+def write_config(folder: Path, orthanc: Orthanc) -> Path:
+    """A demo-mode configuration with one C-GET peer, the bench's Orthanc."""
+    http = free_port()
+    text = f"""mode = "demo"
+log_level = "WARNING"
+[site]
+structure_id = "000000000"
+name = "Benchmark"
+[http]
+bind = "127.0.0.1"
+port = {http}
+public_base_url = "http://127.0.0.1:{http}"
+[dimse]
+bind = "127.0.0.1"
+port = {free_port()}
+ae_title = "DRIMBOX"
+[store]
+folder = "{folder / "data"}"
+[index]
+interval_minutes = 0
+[pacs.bench]
+ae_title = "{orthanc.ae_title}"
+host = "127.0.0.1"
+port = {orthanc.dicom_port}
+retrieve = "c-get"
+"""
+    path = folder / "drimbox.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def ours_once(orthanc: Orthanc, study: Study, work: Path, name: str) -> Run:
+    box = work / name
+    box.mkdir()
+    config = write_config(box, orthanc)
+    cli = [python(), "-m", "drimbox.cli", "--config", str(config)]
+    logs = work / "logs"
+    try:
+        index = run_child([*cli, "index", "--all", "--quiet"], logs, f"{name}-index")
+        if index.rc != 0:
+            raise BenchError(f"drimbox index: rc {index.rc}\n{index.tail()}")
+        child = run_child([*cli, "retrieve", study.uid], logs, name)
+        report = STORED.search(child.stdout.read_text(errors="replace"))
+        stored, mb, rate = (int(report[1]), float(report[2]), float(report[4])) if report else (-1, 0.0, 0.0)
+        files, size, syntaxes = received(box / "data" / "store")
+        if child.rc != 0 or stored != study.instances or files != study.instances:
+            raise BenchError(
+                f"drimbox retrieve ({study.kind}): rc {child.rc}, reported {stored}, {files} files, "
+                f"expected {study.instances}\n{child.tail()}"
+            )
+        run = Run("ours", study.kind, files, size, child.seconds, child.max_rss_kib, syntaxes)
+        run.inproc_seconds = mb / rate if rate else None
+        run.index_rss_kib = index.max_rss_kib
+        return run
+    finally:
+        shutil.rmtree(box, ignore_errors=True)
+
+
+# --- measuring and reporting --------------------------------------------------------------
+
+
+def measure(orthanc: Orthanc, study: Study, work: Path, args: argparse.Namespace) -> dict[str, list[Run]]:
+    """One untimed warm-up per tool, then `repeat` timed runs, the tools interleaved."""
+    runs: dict[str, list[Run]] = {"getscu": [], "ours": []}
+    warm = [
+        getscu_once(orthanc, study, work, f"getscu-{study.kind}-warm", args.getscu_pdu),
+        ours_once(orthanc, study, work, f"ours-{study.kind}-warm"),
+    ]
+    for run in warm:
+        print(f"  warm-up {run.tool}: {run.seconds:.2f} s (untimed), received TS {', '.join(run.transfer_syntaxes)}")
+    for i in range(args.repeat):
+        for result in (
+            getscu_once(orthanc, study, work, f"getscu-{study.kind}-{i}", args.getscu_pdu),
+            ours_once(orthanc, study, work, f"ours-{study.kind}-{i}"),
+        ):
+            runs[result.tool].append(result)
+            extra = f", in-process {result.inproc_seconds:.2f} s" if result.inproc_seconds else ""
+            print(
+                f"  {result.tool} #{i + 1}: {result.seconds:.2f} s{extra}, peak RSS {result.max_rss_kib / 1024:.0f} MB",
+                flush=True,
+            )
+    return runs
+
+
+def summarize(runs: list[Run], seconds: list[float], label: str, instances: int) -> dict[str, Any]:
+    best, median = min(seconds), statistics.median(seconds)
+    mb = runs[0].bytes / 1e6
+    return {
+        "tool": label,
+        "MB": mb,
+        "s_best": best,
+        "s_median": median,
+        "MBps_best": mb / best,
+        "MBps_median": mb / median,
+        "inst_per_s": instances / best,
+        "peak_rss_MB": max(r.max_rss_kib for r in runs) / 1024,
+    }
+
+
+def rows_for(study: Study, runs: dict[str, list[Run]]) -> list[dict[str, Any]]:
+    ours = runs["ours"]
+    rows = [
+        summarize(runs["getscu"], [r.seconds for r in runs["getscu"]], "getscu", study.instances),
+        summarize(ours, [r.seconds for r in ours], "ours-wall", study.instances),
+    ]
+    inproc = [r.inproc_seconds for r in ours if r.inproc_seconds]
+    if len(inproc) == len(ours):
+        rows.append(summarize(ours, inproc, "ours-inproc", study.instances))
+    return rows
+
+
+ROW = "{:<6}  {:<11} {:>7} {:>8} {:>9} {:>7} {:>9} {:>7} {:>10}"
+
+
+def print_table(study: Study, rows: list[dict[str, Any]]) -> None:
+    print(f"\n{study.kind}: {study.instances} instances, {study.bytes / 1e6:.1f} MB of source files")
+    print(ROW.format("study", "tool", "MB", "s(best)", "s(median)", "MB/s", "MB/s(med)", "inst/s", "peakRSS_MB"))
+    for r in rows:
+        figures = [f"{r['MB']:.1f}", f"{r['s_best']:.3f}", f"{r['s_median']:.3f}", f"{r['MBps_best']:.1f}"]
+        figures += [f"{r['MBps_median']:.1f}", f"{r['inst_per_s']:.1f}", f"{r['peak_rss_MB']:.1f}"]
+        print(ROW.format(study.kind, r["tool"], *figures))
+    ref = rows[0]["MBps_best"]
+    ratios = ", ".join(f"{r['tool'].removeprefix('ours-')} {100 * r['MBps_best'] / ref:.0f}%" for r in rows[1:])
+    print(f"ours/getscu throughput ({study.kind}, best times): {ratios}  (target >= 80%)")
+
+
+def print_rss_note(results: dict[str, dict[str, Any]]) -> None:
+    ours = {kind: max(r.max_rss_kib for r in res["runs"]["ours"]) / 1024 for kind, res in results.items()}
+    getscu = {kind: max(r.max_rss_kib for r in res["runs"]["getscu"]) / 1024 for kind, res in results.items()}
+    index = {kind: max(r.index_rss_kib or 0 for r in res["runs"]["ours"]) / 1024 for kind, res in results.items()}
+    largest = {kind: res["largest_instance_MB"] for kind, res in results.items()}
+
+    def show(values: dict[str, float]) -> str:
+        return ", ".join(f"{kind} {value:.1f} MB" for kind, value in values.items())
+
+    print(f"\npeak RSS, ours (retrieve process): {show(ours)}; spread {max(ours.values()) - min(ours.values()):.0f} MB")
+    print(f"peak RSS, ours `index` process (same imports, no retrieval): {show(index)}")
+    print(f"peak RSS, getscu: {show(getscu)}")
+    print(f"largest instance: {show(largest)}")
+
+
+def environment(args: argparse.Namespace, orthanc: Orthanc) -> dict[str, Any]:
+    dcmtk = subprocess.run(["getscu", "--version"], capture_output=True, text=True).stdout.splitlines()
+    packages = subprocess.run(["dpkg-query", "-W", "orthanc", "dcmtk"], capture_output=True, text=True).stdout
+    system = httpx.get(f"{orthanc.url}/system", timeout=10).json()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO)
+    return {
+        "date": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "cpus": os.cpu_count(),
+        "orthanc": system.get("Version"),
+        "dcmtk": dcmtk[0].strip(" $").removeprefix("dcmtk: ") if dcmtk else "?",
+        "debian_packages": " ".join(packages.split()),
+        "python": sys.version.split()[0],
+        "drimbox_commit": commit.stdout.strip(),
+        "orthanc_max_pdu": args.orthanc_pdu or f"default ({ORTHANC_DEFAULT_PDU})",
+        "getscu_max_pdu": args.getscu_pdu or f"default ({GETSCU_DEFAULT_PDU})",
+        "ours_max_pdu": f"{DimseSettings().max_pdu} (drimbox default)",
+        "size": args.size,
+        "scale": args.scale,
+        "repeat": args.repeat,
+    }
+
+
+def save(env: dict[str, Any], results: dict[str, dict[str, Any]]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"cget-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
+    data = {
+        "environment": env,
+        "studies": {
+            kind: {
+                **{k: v for k, v in res.items() if k != "runs"},
+                "runs": {tool: [asdict(r) for r in runs] for tool, runs in res["runs"].items()},
+            }
+            for kind, res in results.items()
+        },
+    }
+    path.write_text(json.dumps(data, indent=1, default=str) + "\n", encoding="utf-8")
+    return path
+
+
+# --- main -------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    doc = __doc__ or ""
+    ap = argparse.ArgumentParser(
+        description=doc.split("\n\n")[0],
+        epilog=doc.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument("--size", choices=["full", "sample"], default="full", help="generator image sizes (default full)")
+    ap.add_argument("--scale", type=float, default=1.0, help="generator --scale: multiplies CT slices (default 1)")
+    ap.add_argument("--dbt", action="store_true", help="also one DBT study (4 views x 60 frames, ~2.2 GB at full)")
+    ap.add_argument("--repeat", type=int, default=3, help="timed runs per tool and study (default 3)")
+    ap.add_argument("--orthanc-pdu", type=int, metavar="N", help="Orthanc MaximumPduLength (default: Orthanc's)")
+    ap.add_argument("--getscu-pdu", type=int, metavar="N", help="getscu --max-pdu (default: getscu's, 16384)")
+    ap.add_argument("--keep", action="store_true", help="keep the work folder (Orthanc, logs) for inspection")
+    args = ap.parse_args(argv)
+    if args.repeat < 1:
+        ap.error("--repeat must be at least 1")
+    return args
+
+
+def bench(args: argparse.Namespace, work: Path) -> None:
+    kinds = ["ffdm", "ct", *(["dbt"] if args.dbt else [])]
+    studies = ensure_data(args.size, args.scale, kinds)
+    (work / "logs").mkdir()
+    orthanc = start_orthanc(work, args.orthanc_pdu)
+    try:
+        env = environment(args, orthanc)
+        print("; ".join(f"{k}: {v}" for k, v in env.items()), flush=True)
+        upload(orthanc, studies)
+        results: dict[str, dict[str, Any]] = {}
+        for study in studies:
+            print(f"\n{study.kind}: one untimed retrieval per tool to warm Orthanc's cache, then {args.repeat} timed")
+            runs = measure(orthanc, study, work, args)
+            largest = max(p.stat().st_size for p in study.files()) / 1e6
+            results[study.kind] = {
+                "instances": study.instances,
+                "source_MB": study.bytes / 1e6,
+                "source_transfer_syntax": study.transfer_syntax,
+                "largest_instance_MB": largest,
+                "rows": rows_for(study, runs),
+                "runs": runs,
+            }
+        print("\n" + "=" * 100)
+        print("; ".join(f"{k}: {v}" for k, v in env.items()))
+        print("rates use the best time; ours-wall = retrieve process wall time (Python start-up included),")
+        print("ours-inproc = the CLI's own figure; indexing before each retrieval is untimed")
+        for study in studies:
+            print_table(study, results[study.kind]["rows"])
+            _print_syntaxes(study, results[study.kind]["runs"])
+        print_rss_note(results)
+        print(f"\nresults: {save(env, results).relative_to(REPO)}")
+    finally:
+        orthanc.stop()
+
+
+def _print_syntaxes(study: Study, runs: dict[str, list[Run]]) -> None:
+    for tool, tool_runs in runs.items():
+        got = sorted({ts for r in tool_runs for ts in r.transfer_syntaxes})
+        if got != [study.transfer_syntax]:
+            print(f"  NOTE {tool} received {got}, source files are {study.transfer_syntax} (transcoded?)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if shutil.which("getscu") is None or shutil.which("Orthanc") is None:
+        print("needs DCMTK (getscu) and Orthanc: apt-get install dcmtk orthanc orthanc-gdcm", file=sys.stderr)
+        return 2
+    work = Path(tempfile.mkdtemp(prefix="drimbox-bench-"))
+    try:
+        bench(args, work)
+    except BenchError as exc:
+        print(f"\nFAILED: {exc}\n(logs in {work}/logs and {work}/orthanc/orthanc.log)", file=sys.stderr)
+        args.keep = True
+        return 1
+    finally:
+        if args.keep:
+            print(f"work folder kept: {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""The index on both databases it supports: SQLite (default, WAL) and PostgreSQL."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import inspect, text
+
+from drimbox.index import db
+from drimbox.index.records import InstanceEntry, InstanceRecord, PatientRecord, SeriesRecord, StoredFile, StudyRecord
+from drimbox.index.repository import IndexRepository
+from tests.support.datasets import MG
+from tests.support.peers import Postgres
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def index(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[IndexRepository]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'index.db'}"
+    else:
+        server: Postgres = request.getfixturevalue("postgres")
+        name = f"t{uuid.uuid4().hex[:12]}"
+        admin = db.make_engine(server.url())
+        with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text(f"CREATE DATABASE {name}"))
+        admin.dispose()
+        url = server.url(name)
+    engine = db.make_engine(url)
+    db.upgrade(engine)
+    yield IndexRepository(engine)
+    engine.dispose()
+
+
+def _study(n: int, patient: str = "IPP1", name: str = "DUPRÉ^Hélène") -> StudyRecord:
+    return StudyRecord(
+        study_uid=f"1.2.3.{n}",
+        patient=PatientRecord(patient_id=patient, issuer="CIS", name=name, birth_date="19650412", sex="F"),
+        study_date="20261120",
+        accession_number=f"ACC{n}",
+        description="MAMMOGRAPHIE",
+        series_count=1,
+        instance_count=2,
+    )
+
+
+def test_migrations_reach_head_with_the_lookup_indexes(index: IndexRepository) -> None:
+    assert db.current_revision(index.engine) == db.head_revision()
+    inspector = inspect(index.engine)
+    indexed = {
+        (table, tuple(ix["column_names"])) for table in ("patient", "study") for ix in inspector.get_indexes(table)
+    }
+    assert ("patient", ("patient_id",)) in indexed
+    assert ("study", ("accession_number",)) in indexed
+    assert ("study", ("study_date", "study_time")) in indexed
+    uniques = {tuple(u["column_names"]) for u in inspector.get_unique_constraints("study")}
+    assert ("study_uid",) in uniques or any(
+        ix["unique"] and ix["column_names"] == ["study_uid"] for ix in inspector.get_indexes("study")
+    )
+
+
+def test_walk_from_cfind_records_and_stored_file(index: IndexRepository) -> None:
+    index.upsert_study(_study(1), "main")
+    index.upsert_series("1.2.3.1", [SeriesRecord("1.2.3.1.1", modality="MG", series_number=1, instance_count=2)])
+    index.upsert_instances(
+        "1.2.3.1.1",
+        [
+            InstanceRecord("1.2.3.1.1.1", MG, 1),
+            InstanceRecord("1.2.3.1.1.2", MG, 2),
+        ],
+    )
+    state = index.study_state("1.2.3.1")
+    assert state is not None
+    assert (state.series_count, state.instance_count, state.pacs_instance_count) == (1, 2, 2)
+
+    instance = InstanceRecord("1.2.3.1.1.1", MG, 1, transfer_syntax_uid="1.2.840.10008.1.2.1")
+    entry = InstanceEntry(_study(1), SeriesRecord("1.2.3.1.1", modality="MG"), instance, StoredFile("/x.dcm", 1234))
+    index.record_stored(entry, "main")
+    [held] = index.held("1.2.3.1")
+    assert (held.sop_uid, held.size, held.transfer_syntax_uid) == ("1.2.3.1.1.1", 1234, "1.2.840.10008.1.2.1")
+    counts = index.counts()
+    assert (counts.patients, counts.studies, counts.series, counts.instances, counts.instances_held) == (1, 1, 1, 2, 1)
+    assert index.sop_classes("1.2.3.1") == {MG: {"1.2.840.10008.1.2.1"}}
+
+
+def test_names_kept_as_received_and_normalised(index: IndexRepository) -> None:
+    index.upsert_study(_study(2, name="LEFÈVRE^Françoise"), "main")
+    with index.session() as session:
+        row = session.execute(text("SELECT name, name_normalized FROM patient")).one()
+    assert tuple(row) == ("LEFÈVRE^Françoise", "LEFEVRE^FRANCOISE")
+
+
+def test_removals_cascade_and_return_files(index: IndexRepository) -> None:
+    index.upsert_study(_study(3), "main")
+    index.upsert_series("1.2.3.3", [SeriesRecord("1.2.3.3.1"), SeriesRecord("1.2.3.3.2")])
+    entry = InstanceEntry(_study(3), SeriesRecord("1.2.3.3.2"), InstanceRecord("1.2.3.3.2.1"), StoredFile("/f.dcm", 1))
+    index.record_stored(entry)
+    assert index.remove_missing_series("1.2.3.3", {"1.2.3.3.1"}) == ["/f.dcm"]
+    assert index.counts().instances == 0
+    assert index.remove_studies(["1.2.3.3"]) == []
+    assert index.counts().studies == 0 and index.counts().series == 0
+
+
+def test_same_study_from_two_sides_is_one_row(index: IndexRepository) -> None:
+    index.upsert_study(_study(4), "main")
+    entry = InstanceEntry(_study(4), SeriesRecord("1.2.3.4.1"), InstanceRecord("1.2.3.4.1.1"), StoredFile("/g.dcm", 5))
+    index.record_stored(entry, "")
+    assert index.counts().studies == 1
+    assert index.study_peer("1.2.3.4") == "main"
