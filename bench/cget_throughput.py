@@ -11,11 +11,11 @@ What it measures, per study kind (FFDM 4 x ~27 MB, CT 500 x ~0.5 MB, optionally 
   imports) and the in-process figure our CLI prints ("N instances stored (X MB in Y s, Z MB/s)";
   the seconds are derived as X / Z for precision).
 
-Both tools run as child processes, and their peak RSS comes from `os.wait4()` (ru_maxrss) for
-that child alone. Each tool retrieves each study once untimed first (warms Orthanc's cache),
-then `--repeat` times, interleaved; rates use the best time. The received files are counted
-(and their transfer syntax compared with the source, to catch transcoding) and deleted after
-each run. The benchmark prints figures; it asserts nothing. The issue's target: our
+Both tools run as child processes under GNU time (`/usr/bin/time -f %M`), which gives the peak
+RSS (ru_maxrss) of that child alone. Each tool retrieves each study once untimed first (warms
+Orthanc's cache), then `--repeat` times, interleaved; rates use the best time. The received files
+are counted (and their transfer syntax compared with the source, to catch transcoding) and
+deleted after each run. The benchmark prints figures; it asserts nothing. The issue's target: our
 throughput >= 80 % of getscu's, and our peak RSS independent of the study size.
 
 Data comes from tools/make_studies.py into bench/.data/<size>-x<scale>/ (generated once, then
@@ -62,6 +62,7 @@ RESULTS = REPO / "bench" / "results"
 GENERATOR = REPO / "tools" / "make_studies.py"
 ORTHANC_DEFAULT_PDU = 16384  # Orthanc 1.10's MaximumPduLength default
 GETSCU_DEFAULT_PDU = 16384  # getscu's --max-pdu default
+GNU_TIME = "/usr/bin/time" if Path("/usr/bin/time").exists() else None  # apt-get install time
 STORED = re.compile(r"(\d+) instances stored \(([\d.]+) MB in ([\d.]+) s, ([\d.]+) MB/s\)")
 
 
@@ -118,15 +119,22 @@ class BenchError(RuntimeError):
 
 
 def run_child(cmd: Sequence[str], logs: Path, name: str, env: dict[str, str] | None = None) -> Child:
-    """Run `cmd` to completion; wall time around it, peak RSS of that child from wait4()."""
-    out, err = logs / f"{name}.out", logs / f"{name}.err"
+    """Run `cmd` to completion: wall time around it, and the peak RSS of that child alone.
+
+    The RSS comes from GNU time (`-f %M`, the ru_maxrss its wait4() returns). Our own wait4() would
+    overstate it: Linux carries the forking process's RSS high-water mark over exec (Python spawns
+    with vfork, so the bench's own peak, ~200 MB after uploading, would show for every child).
+    """
+    out, err, rss = logs / f"{name}.out", logs / f"{name}.err", logs / f"{name}.rss"
+    timed = [GNU_TIME, "-f", "%M", "-o", str(rss), *cmd] if GNU_TIME else list(cmd)
     with out.open("wb") as stdout, err.open("wb") as stderr:
         began = time.perf_counter()
-        process = subprocess.Popen(list(cmd), stdout=stdout, stderr=stderr, env=env, cwd=REPO)
+        process = subprocess.Popen(timed, stdout=stdout, stderr=stderr, env=env, cwd=REPO)
         _, status, usage = os.wait4(process.pid, 0)
         seconds = time.perf_counter() - began
     process.returncode = os.waitstatus_to_exitcode(status)  # already reaped: tell Popen
-    return Child(process.returncode, seconds, usage.ru_maxrss, out, err)
+    max_rss = int(rss.read_text().split()[-1]) if GNU_TIME else usage.ru_maxrss
+    return Child(process.returncode, seconds, max_rss, out, err)
 
 
 def received(folder: Path) -> tuple[int, int, list[str]]:
@@ -378,6 +386,7 @@ def environment(args: argparse.Namespace, orthanc: Orthanc) -> dict[str, Any]:
         "debian_packages": " ".join(packages.split()),
         "python": sys.version.split()[0],
         "drimbox_commit": commit.stdout.strip(),
+        "peak_rss_from": "GNU time -f %M" if GNU_TIME else "os.wait4 (overstated: includes the bench's own peak)",
         "orthanc_max_pdu": args.orthanc_pdu or f"default ({ORTHANC_DEFAULT_PDU})",
         "getscu_max_pdu": args.getscu_pdu or f"default ({GETSCU_DEFAULT_PDU})",
         "ours_max_pdu": f"{DimseSettings().max_pdu} (drimbox default)",

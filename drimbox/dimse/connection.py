@@ -8,14 +8,18 @@ burst of retrievals never floods a PACS.
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
+import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
+from pathlib import Path
 from typing import Any
 
 from pynetdicom import AE, _config, build_context
+from pynetdicom import dimse_messages as _dimse_messages
 from pynetdicom import transport as _transport
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
@@ -65,6 +69,19 @@ def configure_pynetdicom() -> None:
     cls.__init__ = init_with_nodelay  # type: ignore[method-assign]
     cls._shutdown_socket = shutdown_then_close  # type: ignore[method-assign]
     _configured = True
+
+
+def receive_into(folder: Path) -> None:
+    """Make pynetdicom's chunked receive write C-STORE data sets into `folder`.
+
+    It writes them with `NamedTemporaryFile` in the system temporary folder, which may be another
+    filesystem (or RAM): next to our store, admitting a file is a rename, not a copy of up to
+    2 GB. Only pynetdicom's own use is redirected; the rest of the process keeps its temp folder.
+    The setting is per process: the last node built in a process receives for all of them.
+    """
+    _dimse_messages.NamedTemporaryFile = functools.partial(  # type: ignore[attr-defined,assignment]
+        tempfile.NamedTemporaryFile, dir=folder, prefix="cstore-"
+    )
 
 
 def make_ae(settings: DimseSettings) -> AE:

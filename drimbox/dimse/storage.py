@@ -10,7 +10,6 @@ are told about every instance admitted for their study.
 from __future__ import annotations
 
 import logging
-import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
+from drimbox.dimse.connection import receive_into
 from drimbox.errors import InstanceMismatch, InvalidInstance, StoreFull
 from drimbox.index.records import InstanceEntry
 from drimbox.store.intake import InstanceIntake
@@ -39,9 +39,7 @@ class StorageHandler:
         self.intake = intake
         self._listeners: dict[str, list[Listener]] = {}
         self._lock = threading.Lock()
-        # pynetdicom writes received data sets with NamedTemporaryFile: make that land next to the
-        # store, so admitting a file is a rename, not a copy of up to 2 GB.
-        tempfile.tempdir = str(intake.store.incoming)
+        receive_into(intake.store.incoming)
 
     def listen(self, study_uid: str, listener: Listener) -> Callable[[], None]:
         """Call `listener` for each instance of `study_uid` admitted; return the unsubscribe."""
