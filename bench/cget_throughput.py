@@ -378,6 +378,7 @@ def environment(args: argparse.Namespace, orthanc: Orthanc) -> dict[str, Any]:
     packages = subprocess.run(["dpkg-query", "-W", "orthanc", "dcmtk"], capture_output=True, text=True).stdout
     system = httpx.get(f"{orthanc.url}/system", timeout=10).json()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "drimbox"], capture_output=True, text=True, cwd=REPO)
     return {
         "date": datetime.now().astimezone().isoformat(timespec="seconds"),
         "cpus": os.cpu_count(),
@@ -385,7 +386,7 @@ def environment(args: argparse.Namespace, orthanc: Orthanc) -> dict[str, Any]:
         "dcmtk": dcmtk[0].strip(" $").removeprefix("dcmtk: ") if dcmtk else "?",
         "debian_packages": " ".join(packages.split()),
         "python": sys.version.split()[0],
-        "drimbox_commit": commit.stdout.strip(),
+        "drimbox_commit": commit.stdout.strip() + (" + uncommitted changes in drimbox/" if dirty.stdout else ""),
         "peak_rss_from": "GNU time -f %M" if GNU_TIME else "os.wait4 (overstated: includes the bench's own peak)",
         "orthanc_max_pdu": args.orthanc_pdu or f"default ({ORTHANC_DEFAULT_PDU})",
         "getscu_max_pdu": args.getscu_pdu or f"default ({GETSCU_DEFAULT_PDU})",
