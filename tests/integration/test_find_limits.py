@@ -1,16 +1,21 @@
-"""Indexing a PACS that caps its C-FIND answers (Orthanc's LimitFindResults): nothing is missed."""
+"""C-FIND resilience: a PACS that caps its answers, and one that drops associations mid-answer."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import pytest
+from pydicom.dataset import Dataset
+from pynetdicom import AE, evt
 
+from drimbox.dimse.contexts import FIND_MODEL, VERIFICATION
+from drimbox.errors import QueryFailed
 from tests.conftest import NodeFactory, orthanc_peer
 from tests.support.datasets import CT, StudySpec, write_study
-from tests.support.peers import Orthanc
+from tests.support.peers import Orthanc, free_port
 
 
 @pytest.fixture
@@ -43,3 +48,63 @@ def test_capped_answers_are_split_until_complete(
     assert report.stats.splits > 0
     assert node.index.counts().studies == 6
     assert report.stats.truncated == 0
+
+
+class FlakyPacs:
+    """A C-FIND SCP (pynetdicom) that drops the association in the middle of its first answers."""
+
+    def __init__(self, studies: list[Dataset], drops: int) -> None:
+        self.studies = studies
+        self.drops_left = drops
+        self.port = free_port()
+        ae = AE(ae_title="FLAKY")
+        ae.add_supported_context(FIND_MODEL)
+        ae.add_supported_context(VERIFICATION)
+        self.server = ae.start_server(("127.0.0.1", self.port), block=False,
+                                      evt_handlers=[(evt.EVT_C_FIND, self.on_find)])  # fmt: skip
+
+    def on_find(self, event: Any) -> Iterator[tuple[int, Dataset | None]]:
+        level = event.identifier.QueryRetrieveLevel
+        matches = self.studies if level == "STUDY" else []
+        for number, match in enumerate(matches):
+            if self.drops_left and number == 1:
+                self.drops_left -= 1
+                event.assoc.abort()
+                return
+            yield 0xFF00, match
+
+    def stop(self) -> None:
+        self.server.shutdown()
+
+
+def test_association_dropped_mid_answer_is_retried(make_node: NodeFactory) -> None:
+    studies = []
+    for n in range(3):
+        ds = Dataset()
+        ds.QueryRetrieveLevel = "STUDY"
+        ds.StudyInstanceUID = f"1.2.826.0.1.{n + 1}"
+        ds.PatientID = f"IPP{n}"
+        ds.StudyDate = "20261120"
+        studies.append(ds)
+    pacs = FlakyPacs(studies, drops=2)
+    try:
+        node = make_node({"flaky": {"ae_title": "FLAKY", "host": "127.0.0.1", "port": pacs.port}})
+        report = node.index_peer("flaky", date(2026, 11, 20), date(2026, 11, 20))
+    finally:
+        pacs.stop()
+    assert report.stats.retries == 2
+    assert report.studies_seen == 3
+    assert node.index.counts().studies == 3
+
+
+def test_association_dropped_every_time_fails_with_a_clear_error(make_node: NodeFactory) -> None:
+    ds = Dataset()
+    ds.StudyInstanceUID = "1.2.826.0.1.9"
+    pacs = FlakyPacs([ds, ds], drops=10)
+    try:
+        node = make_node({"flaky": {"ae_title": "FLAKY", "host": "127.0.0.1", "port": pacs.port}})
+        with pytest.raises(QueryFailed, match="association lost during C-FIND at STUDY level"):
+            node.index_peer("flaky", date(2026, 11, 20), date(2026, 11, 20))
+    finally:
+        pacs.stop()
+    assert node.index.counts().studies == 0
