@@ -109,3 +109,34 @@ def test_same_study_from_two_sides_is_one_row(index: IndexRepository) -> None:
     index.record_stored(entry, "")
     assert index.counts().studies == 1
     assert index.study_peer("1.2.3.4") == "main"
+
+
+LOOKUPS = {
+    "patient_id": "SELECT id FROM patient WHERE patient_id = 'IPP1'",
+    "study_uid": "SELECT id FROM study WHERE study_uid = '1.2.3.1'",
+    "accession": "SELECT id FROM study WHERE accession_number = 'ACC1'",
+    "study_date": "SELECT id FROM study WHERE study_date BETWEEN '20261101' AND '20261130'",
+    "instances_of_series": "SELECT id FROM instance WHERE series_pk = 1",
+    "sop_uid": "SELECT id FROM instance WHERE sop_uid = '1.2.3.1.1.1'",
+}
+
+
+@pytest.mark.parametrize("lookup", sorted(LOOKUPS))
+def test_lookups_use_an_index(index: IndexRepository, lookup: str) -> None:
+    """The query planner answers each frequent lookup from an index, not a table scan."""
+    with index.session() as session:
+        if index.engine.dialect.name == "sqlite":
+            plan = " ".join(str(row[-1]) for row in session.execute(text("EXPLAIN QUERY PLAN " + LOOKUPS[lookup])))
+            assert "USING" in plan and "INDEX" in plan, plan
+        else:
+            session.execute(text("SET enable_seqscan = off"))
+            plan = " ".join(row[0] for row in session.execute(text("EXPLAIN " + LOOKUPS[lookup])))
+            assert "Index" in plan and "Seq Scan" not in plan, plan
+
+
+def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'wal.db'}")
+    with engine.connect() as conn:
+        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
+    engine.dispose()
