@@ -13,10 +13,11 @@ What it measures, per study kind (FFDM 4 x ~27 MB, CT 500 x ~0.5 MB, optionally 
 
 Both tools run as child processes under GNU time (`/usr/bin/time -f %M`), which gives the peak
 RSS (ru_maxrss) of that child alone. Each tool retrieves each study once untimed first (warms
-Orthanc's cache), then `--repeat` times, interleaved; rates use the best time. The received files
-are counted (and their transfer syntax compared with the source, to catch transcoding) and
-deleted after each run. The benchmark prints figures; it asserts nothing. The issue's target: our
-throughput >= 80 % of getscu's, and our peak RSS independent of the study size.
+Orthanc's cache), then `--repeat` times, interleaved, each after an `os.sync()`; rates use the
+best time. The received files are counted (and their transfer syntax compared with the source,
+to catch transcoding) and deleted after each run. The benchmark prints figures; it asserts
+nothing. The issue's target: our throughput >= 80 % of getscu's, and our peak RSS independent of
+the study size.
 
 Data comes from tools/make_studies.py into bench/.data/<size>-x<scale>/ (generated once, then
 reused); a throw-away Orthanc (tests.support.peers.Orthanc, 127.0.0.1 only) serves it. Results
@@ -222,6 +223,7 @@ def getscu_once(orthanc: Orthanc, study: Study, work: Path, name: str, pdu: int 
     if pdu:
         cmd += ["--max-pdu", str(pdu)]
     env = {**os.environ, "TCP_NODELAY": "1"}
+    os.sync()  # no writeback of the previous run's files during this one
     child = run_child([*cmd, "127.0.0.1", str(orthanc.dicom_port)], work / "logs", name, env)
     try:
         files, size, syntaxes = received(target)
@@ -273,6 +275,7 @@ def ours_once(orthanc: Orthanc, study: Study, work: Path, name: str) -> Run:
         index = run_child([*cli, "index", "--all", "--quiet"], logs, f"{name}-index")
         if index.rc != 0:
             raise BenchError(f"drimbox index: rc {index.rc}\n{index.tail()}")
+        os.sync()
         child = run_child([*cli, "retrieve", study.uid], logs, name)
         report = STORED.search(child.stdout.read_text(errors="replace"))
         stored, mb, rate = (int(report[1]), float(report[2]), float(report[4])) if report else (-1, 0.0, 0.0)
@@ -382,6 +385,7 @@ def environment(args: argparse.Namespace, orthanc: Orthanc) -> dict[str, Any]:
     return {
         "date": datetime.now().astimezone().isoformat(timespec="seconds"),
         "cpus": os.cpu_count(),
+        "loadavg_1min_at_start": os.getloadavg()[0],
         "orthanc": system.get("Version"),
         "dcmtk": dcmtk[0].strip(" $").removeprefix("dcmtk: ") if dcmtk else "?",
         "debian_packages": " ".join(packages.split()),
@@ -467,6 +471,11 @@ def bench(args: argparse.Namespace, work: Path) -> None:
             print_table(study, results[study.kind]["rows"])
             _print_syntaxes(study, results[study.kind]["runs"])
         print_rss_note(results)
+        env["loadavg_1min_at_end"] = os.getloadavg()[0]
+        print(
+            f"load average (1 min) at start {env['loadavg_1min_at_start']:.2f}, at end {env['loadavg_1min_at_end']:.2f}"
+            f" on {env['cpus']} CPUs: anything else running skews the figures"
+        )
         print(f"\nresults: {save(env, results).relative_to(REPO)}")
     finally:
         orthanc.stop()

@@ -132,7 +132,7 @@ def build_node(settings: Settings) -> Node:
         raise DrimboxError("the index database is not up to date: run `drimbox db upgrade`")
     index = IndexRepository(engine)
     store = InstanceStore(settings.store.folder)
-    audit = LogAuditTrail()
+    audit = LogAuditTrail(settings.store.folder)
     intake = InstanceIntake(store, index, audit)
     storage = StorageHandler(intake)
     connector = PeerConnector(settings.dimse, dict(settings.pacs))

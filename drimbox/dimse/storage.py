@@ -59,7 +59,9 @@ class StorageHandler:
     def handle(self, event: Any, peer: str = "") -> int | Dataset:
         """The EVT_C_STORE handler."""
         request = event.request
-        sender = str(event.assoc.requestor.ae_title).strip()
+        # In a C-GET we requested the association and the PACS (the acceptor) sends.
+        sending_side = event.assoc.acceptor if event.assoc.is_requestor else event.assoc.requestor
+        sender = str(sending_side.ae_title).strip()
         path = Path(event.dataset_path)
         try:
             entry = self.intake.admit(

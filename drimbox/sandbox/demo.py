@@ -164,7 +164,8 @@ def run_demo(data: Path, samples: Path, http_port: int, wait: bool = True) -> in
         loaded = pacs.load(files)
         daemon = Daemon(settings, index_at_start=False)
         report = daemon.node.index_peer("demo", full=True)
-        _banner(settings.http.port, data, loaded, report.studies_seen)
+        example = min(daemon.node.index.study_uids_of_peer("demo"), default="<StudyInstanceUID>")
+        _banner(settings.http.port, data, loaded, report.studies_seen, example)
         if not wait:
             return 0
         with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a demo ends
@@ -175,7 +176,7 @@ def run_demo(data: Path, samples: Path, http_port: int, wait: bool = True) -> in
     return 0
 
 
-def _banner(http_port: int, data: Path, loaded: int, studies: int) -> None:
+def _banner(http_port: int, data: Path, loaded: int, studies: int, example_study: str) -> None:
     config = data / "drimbox.toml"
     print(
         f"""
@@ -186,6 +187,8 @@ drimbox demo is running.
   try           .venv/bin/drimbox --config {config} status
                 .venv/bin/drimbox --config {config} echo demo
                 .venv/bin/drimbox --config {config} index --all
+                .venv/bin/drimbox --config {config} retrieve {example_study}
+  audit trail    {data / "audit.jsonl"}
 Ctrl-C stops the daemon and the demo PACS.
 """,
         flush=True,

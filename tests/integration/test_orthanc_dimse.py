@@ -139,3 +139,17 @@ def test_fetch_series_yields_files_as_they_land(
     expected = {f.stem for f in files if dcmread(f, stop_before_pixels=True).SeriesInstanceUID == series_uid}
     got = [p.stem for p in node.retriever.fetch_series(study_uid, series_uid)]
     assert set(got) == expected and len(got) == len(expected)
+
+
+def test_cget_audit_names_the_pacs_as_sender(
+    orthanc: Orthanc, make_node: NodeFactory, two_studies: dict[str, list[Path]]
+) -> None:
+    import json
+
+    node = make_node({"main": orthanc_peer(orthanc)})
+    study_uid = next(iter(two_studies))
+    node.retriever.retrieve(study_uid)
+    records = [json.loads(line) for line in (node.settings.store.folder / "audit.jsonl").read_text().splitlines()]
+    assert {r["actor"] for r in records if r["action"] == "instance.stored"} == {"ORTHANC"}
+    [retrieved] = [r for r in records if r["action"] == "study.retrieved"]
+    assert retrieved["detail"]["stored"] == 4 and retrieved["outcome"] == "success"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -112,3 +113,20 @@ def test_malformed_uid_is_refused(box: Node, tmp_path: Path) -> None:
     assert _send_raw(box, path) == 0xC000
     _nothing_kept(box)
     assert _echo(box) == 0x0000
+
+
+def test_each_stored_instance_leaves_an_audit_record(box: Node, tmp_path: Path) -> None:
+    spec = StudySpec(series=[(CT, "CT", 2)])
+    for path in write_study(spec, tmp_path / "ct"):
+        assert _send_raw(box, path) == 0x0000
+    [bad] = write_study(StudySpec(series=[(CT, "CT", 1)]), tmp_path / "bad")
+    bad.write_bytes(bad.read_bytes()[:-500])
+    assert _send_raw(box, bad) == 0xC000
+    records = [json.loads(line) for line in (box.settings.store.folder / "audit.jsonl").read_text().splitlines()]
+    stored = [r for r in records if r["action"] == "instance.stored"]
+    assert [(r["actor"], r["outcome"], r["study_uid"]) for r in stored] == [
+        ("PUSHER", "success", spec.study_uid),
+        ("PUSHER", "success", spec.study_uid),
+        ("PUSHER", "failure", ""),
+    ]
+    assert stored[0]["patient_id"] == "IPP00000001"
