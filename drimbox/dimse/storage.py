@@ -17,7 +17,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from drimbox.dimse.connection import receive_into
+from drimbox.dimse.connection import ReceivedFile, receive_into
 from drimbox.errors import InstanceMismatch, InvalidInstance, StoreFull
 from drimbox.index.records import InstanceEntry
 from drimbox.store.intake import InstanceIntake
@@ -63,6 +63,7 @@ class StorageHandler:
         sending_side = event.assoc.acceptor if event.assoc.is_requestor else event.assoc.requestor
         sender = str(sending_side.ae_title).strip()
         path = Path(event.dataset_path)
+        ReceivedFile.finish(path)
         try:
             entry = self.intake.admit(
                 path,
