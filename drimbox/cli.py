@@ -172,7 +172,7 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
     try:
         report = node.retriever.retrieve(args.study_uid, args.series, peer=peer)
     finally:
-        node.scp.stop()
+        node.close()
     rate = report.bytes / 1e6 / report.seconds if report.seconds else 0.0
     print(
         f"{report.stored} instances stored ({report.bytes / 1e6:.1f} MB in {report.seconds:.1f} s, "

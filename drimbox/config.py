@@ -98,6 +98,12 @@ class PacsPeer(_Section):
     port: int = Field(ge=1, le=65535)
     retrieve: Literal["c-get", "c-move"] = "c-get"
     max_associations: int = Field(default=4, ge=1, le=64)
+    retrieve_processes: int = Field(
+        default=2, ge=1, le=16, description="C-GET associations in parallel, one per worker process"
+    )
+    parallel_min_instances: int = Field(
+        default=32, ge=2, description="split a C-GET over processes only from this many instances"
+    )
     max_find_matches: int | None = Field(default=None, ge=1, description="the PACS's own match limit, if it has one")
 
     _aet = field_validator("ae_title")(lambda cls, v: _check_ae_title(v))

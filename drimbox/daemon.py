@@ -21,6 +21,7 @@ from drimbox.audit.log import LogAuditTrail
 from drimbox.config import Settings
 from drimbox.dimse.connection import PeerConnector
 from drimbox.dimse.indexer import IndexReport, PacsIndexer, Progress
+from drimbox.dimse.parallel import WorkerPool
 from drimbox.dimse.retrieve import Retriever
 from drimbox.dimse.scp import StoreServer
 from drimbox.dimse.storage import StorageHandler
@@ -59,6 +60,12 @@ class Node:
     started: float = field(default_factory=time.time)
     peer_health: dict[str, PeerHealth] = field(default_factory=dict)
     last_indexing: dict[str, Any] = field(default_factory=dict)
+
+    def close(self) -> None:
+        """Stop the DICOM listener and any retrieval worker; release the database."""
+        self.scp.stop()
+        self.retriever.close()
+        self.index.engine.dispose()
 
     def echo(self, peer: str) -> PeerHealth:
         """C-ECHO `peer` and remember the outcome for the status page."""
@@ -137,9 +144,22 @@ def build_node(settings: Settings) -> Node:
     storage = StorageHandler(intake)
     connector = PeerConnector(settings.dimse, dict(settings.pacs))
     scp = StoreServer(settings.dimse, storage)
-    retriever = Retriever(settings, connector, storage, index, audit, scp)
+    processes = max((peer.retrieve_processes for peer in settings.pacs.values()), default=1)
+    pool = WorkerPool(settings, storage, build_worker_retriever, processes) if processes > 1 else None
+    retriever = Retriever(settings, connector, storage, index, audit, scp, pool)
     indexer = PacsIndexer(connector, index, store, audit)
     return Node(settings, index, store, connector, storage, scp, retriever, indexer)
+
+
+def build_worker_retriever(settings: Settings) -> Retriever:
+    """What a retrieval worker process runs: the same store, index and audit trail, no listener."""
+    engine = db.make_engine(settings.database_url)
+    index = IndexRepository(engine)
+    store = InstanceStore(settings.store.folder)
+    audit = LogAuditTrail(settings.store.folder)
+    storage = StorageHandler(InstanceIntake(store, index, audit))
+    connector = PeerConnector(settings.dimse, dict(settings.pacs))
+    return Retriever(settings, connector, storage, index, audit)
 
 
 def build_app(node: Node) -> FastAPI:
@@ -190,7 +210,7 @@ class Daemon:
 
     def stop(self) -> None:
         self._stop.set()
-        self.node.scp.stop()
+        self.node.close()
         for thread in self._threads:
             thread.join(timeout=5)
         log.info("stopped", extra={"event": "daemon.stopped"})

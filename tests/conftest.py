@@ -108,8 +108,7 @@ def make_node(tmp_path: Path) -> Iterator[NodeFactory]:
 
     yield factory
     for node in nodes:
-        node.scp.stop()
-        node.index.engine.dispose()
+        node.close()
 
 
 def orthanc_peer(orthanc: Orthanc, retrieve: str = "c-get", **extra: Any) -> dict[str, Any]:

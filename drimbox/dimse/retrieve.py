@@ -2,8 +2,8 @@
 
 Each instance is admitted (checked, renamed into place, indexed) as it arrives, and reported to
 the caller at once, so a DICOMweb response can stream it while later instances are still on the
-wire. `fetch_study`/`fetch_series` implement the StudySource port on a worker thread with a
-bounded queue.
+wire. A C-GET of a study with many instances is split over worker processes (`parallel.py`).
+`fetch_study`/`fetch_series` implement the StudySource port on a thread with a bounded queue.
 """
 
 from __future__ import annotations
@@ -24,10 +24,11 @@ from drimbox.config import Settings
 from drimbox.dimse.connection import PeerConnector
 from drimbox.dimse.contexts import COMMON_STORAGE_SOP_CLASSES, GET_MODEL, MOVE_MODEL, cget_storage_contexts
 from drimbox.dimse.find import PacsQuery
+from drimbox.dimse.parallel import WorkerPool, split
 from drimbox.dimse.scp import StoreServer
-from drimbox.dimse.storage import StorageHandler
+from drimbox.dimse.storage import Admitted, StorageHandler
 from drimbox.errors import RetrieveFailed
-from drimbox.index.records import InstanceEntry, InstanceRecord
+from drimbox.index.records import InstanceRecord
 from drimbox.index.repository import IndexRepository
 from drimbox.ports import AuditEvent, AuditTrail
 from drimbox.uids import checked_uid
@@ -54,7 +55,7 @@ class RetrieveReport:
     errors: list[str] = field(default_factory=list)
 
 
-OnInstance = Callable[[InstanceEntry], None]
+OnInstance = Callable[[Admitted], None]
 
 
 class Retriever:
@@ -68,6 +69,7 @@ class Retriever:
         index: IndexRepository,
         audit: AuditTrail,
         scp: StoreServer | None = None,
+        pool: WorkerPool | None = None,
     ) -> None:
         self.settings = settings
         self.connector = connector
@@ -75,6 +77,7 @@ class Retriever:
         self.index = index
         self.audit = audit
         self.scp = scp
+        self.pool = pool
 
     def peer_for(self, study_uid: str) -> str:
         """The peer the index says holds the study, or the only configured one."""
@@ -105,16 +108,23 @@ class Retriever:
         report = RetrieveReport(study_uid, series_uid, method)
         started = time.monotonic()
 
-        def admitted(entry: InstanceEntry) -> None:
-            if series_uid and entry.series.series_uid != series_uid:
+        def admitted(instance: Admitted) -> None:
+            if series_uid and instance.series_uid != series_uid:
                 return
             report.stored += 1
-            report.bytes += entry.file.size
+            report.bytes += instance.size
             if on_instance:
-                on_instance(entry)
+                on_instance(instance)
 
         try:
-            if method == "c-get":
+            parts = self._parallel_parts(peer, study_uid, series_uid) if method == "c-get" else []
+            if parts and self.pool is not None:
+                unsubscribe = self.storage.listen(study_uid, admitted)
+                try:
+                    self.pool.run(peer, study_uid, parts, report)
+                finally:
+                    unsubscribe()
+            elif method == "c-get":
                 self._cget(peer, study_uid, series_uid, report, admitted)
             else:
                 self._cmove(peer, study_uid, series_uid, report, admitted)
@@ -136,10 +146,34 @@ class Retriever:
             )
         return report
 
+    def retrieve_part(
+        self, peer: str, study_uid: str, series_uid: str, sop_uids: list[str], on_instance: OnInstance
+    ) -> RetrieveReport:
+        """C-GET some instances of one series (a worker process's share); no audit record of its own."""
+        report = RetrieveReport(study_uid, series_uid, "c-get")
+        self._cget(peer, study_uid, series_uid, report, on_instance, sop_uids)
+        return report
+
+    def _parallel_parts(self, peer: str, study_uid: str, series_uid: str | None) -> list[Any]:
+        """The shares of a C-GET worth splitting over processes, or [] to use one association."""
+        config = self.settings.peer(peer)
+        if self.pool is None or config.retrieve_processes < 2:
+            return []
+        instances = self.index.instances_by_series(study_uid, series_uid)
+        if sum(len(uids) for uids in instances.values()) < config.parallel_min_instances:
+            return []
+        return split(instances, config.retrieve_processes)
+
     # --- C-GET --------------------------------------------------------------------------
 
     def _cget(
-        self, peer: str, study_uid: str, series_uid: str | None, report: RetrieveReport, admitted: OnInstance
+        self,
+        peer: str,
+        study_uid: str,
+        series_uid: str | None,
+        report: RetrieveReport,
+        admitted: OnInstance,
+        sop_uids: list[str] | None = None,
     ) -> None:
         sop_classes = self._sop_classes(peer, study_uid, series_uid)
         contexts, roles = cget_storage_contexts(sop_classes)
@@ -151,7 +185,7 @@ class Retriever:
         unsubscribe = self.storage.listen(study_uid, admitted)
         try:
             with self.connector.associate(peer, contexts, roles, [(evt.EVT_C_STORE, handle)]) as assoc:
-                responses = assoc.send_c_get(_identifier(study_uid, series_uid), GET_MODEL)
+                responses = assoc.send_c_get(_identifier(study_uid, series_uid, sop_uids), GET_MODEL)
                 self._follow(responses, report, "C-GET")
         finally:
             unsubscribe()
@@ -231,6 +265,11 @@ class Retriever:
 
     # --- StudySource --------------------------------------------------------------------
 
+    def close(self) -> None:
+        """Stop the worker processes, if any were started."""
+        if self.pool is not None:
+            self.pool.close()
+
     def fetch_study(self, study_uid: str) -> Iterator[Path]:
         return self._fetch(study_uid, None)
 
@@ -242,7 +281,7 @@ class Retriever:
 
         def work() -> None:
             try:
-                self.retrieve(study_uid, series_uid, on_instance=lambda e: arrived.put(Path(e.file.path)))
+                self.retrieve(study_uid, series_uid, on_instance=lambda a: arrived.put(Path(a.path)))
                 arrived.put(None)
             except BaseException as exc:
                 arrived.put(exc)
@@ -257,10 +296,12 @@ class Retriever:
             yield item
 
 
-def _identifier(study_uid: str, series_uid: str | None) -> Dataset:
+def _identifier(study_uid: str, series_uid: str | None, sop_uids: list[str] | None = None) -> Dataset:
     identifier = Dataset()
-    identifier.QueryRetrieveLevel = "SERIES" if series_uid else "STUDY"
+    identifier.QueryRetrieveLevel = "IMAGE" if sop_uids else "SERIES" if series_uid else "STUDY"
     identifier.StudyInstanceUID = study_uid
     if series_uid:
         identifier.SeriesInstanceUID = series_uid
+    if sop_uids:
+        identifier.SOPInstanceUID = sop_uids
     return identifier

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,24 @@ STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_MISMATCH = 0xA900
 STATUS_CANNOT_UNDERSTAND = 0xC000
 
-Listener = Callable[[InstanceEntry], None]
+
+@dataclass(frozen=True)
+class Admitted:
+    """An instance that has just entered the store: what listeners need, small enough to pickle."""
+
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    path: str
+    size: int
+
+    @classmethod
+    def of(cls, entry: InstanceEntry) -> Admitted:
+        return cls(entry.study.study_uid, entry.series.series_uid, entry.instance.sop_uid, entry.file.path,
+                   entry.file.size)  # fmt: skip
+
+
+Listener = Callable[[Admitted], None]
 
 
 class StorageHandler:
@@ -82,11 +100,15 @@ class StorageHandler:
             path.unlink(missing_ok=True)
             log.exception("C-STORE failed", extra={"event": "cstore.error", "peer": sender})
             return _status(STATUS_OUT_OF_RESOURCES, f"{exc.__class__.__name__}")
-        with self._lock:
-            listeners = list(self._listeners.get(entry.study.study_uid, []))
-        for listener in listeners:
-            listener(entry)
+        self.notify(Admitted.of(entry))
         return STATUS_SUCCESS
+
+    def notify(self, admitted: Admitted) -> None:
+        """Tell the listeners of the study (also for instances admitted by worker processes)."""
+        with self._lock:
+            listeners = list(self._listeners.get(admitted.study_uid, []))
+        for listener in listeners:
+            listener(admitted)
 
 
 def _status(code: int, comment: str) -> Dataset:

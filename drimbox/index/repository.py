@@ -263,6 +263,23 @@ class IndexRepository:
                 query = query.where(Series.series_uid == series_uid)
             return set(session.scalars(query))
 
+    def instances_by_series(self, study_uid: str, series_uid: str | None = None) -> dict[str, list[str]]:
+        """Series UID → its SOP Instance UIDs in instance-number order, for a study (or one series)."""
+        with self.session() as session:
+            query = (
+                select(Series.series_uid, Instance.sop_uid)
+                .join(Instance, Instance.series_pk == Series.id)
+                .join(Study, Series.study_pk == Study.id)
+                .where(Study.study_uid == study_uid)
+                .order_by(Series.series_number, Series.series_uid, Instance.instance_number, Instance.sop_uid)
+            )
+            if series_uid:
+                query = query.where(Series.series_uid == series_uid)
+            found: dict[str, list[str]] = {}
+            for series, sop_uid in session.execute(query):
+                found.setdefault(series, []).append(sop_uid)
+            return found
+
     def sop_classes(self, study_uid: str, series_uid: str | None = None) -> dict[str, set[str]]:
         """SOP class → transfer syntaxes seen, for the instances of a study (or series)."""
         with self.session() as session:

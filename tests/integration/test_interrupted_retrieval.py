@@ -37,7 +37,10 @@ def test_kill_during_cget_then_resume(orthanc: Orthanc, make_node: NodeFactory, 
         time.sleep(0.01)
     child.send_signal(signal.SIGKILL)
     child.communicate()
+    time.sleep(1)  # retrieval workers notice their parent is gone within 0.2 s and exit
     placed = list(store_root.rglob("*.dcm"))
+    time.sleep(1)
+    assert list(store_root.rglob("*.dcm")) == placed, "nothing may keep retrieving after the kill"
     assert 5 <= len(placed) < 60, "the kill must land in the middle of the retrieval"
 
     # Every file visible in the store is a complete instance, and every indexed file exists.

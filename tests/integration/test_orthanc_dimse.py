@@ -153,3 +153,19 @@ def test_cget_audit_names_the_pacs_as_sender(
     assert {r["actor"] for r in records if r["action"] == "instance.stored"} == {"ORTHANC"}
     [retrieved] = [r for r in records if r["action"] == "study.retrieved"]
     assert retrieved["detail"]["stored"] == 4 and retrieved["outcome"] == "success"
+
+
+@pytest.mark.parametrize("processes", [1, 3])
+def test_large_study_over_one_or_several_associations(
+    processes: int, orthanc: Orthanc, make_node: NodeFactory, tmp_path: Path
+) -> None:
+    spec = StudySpec(series=[(CT, "CT", 30), (CT, "CT", 11)], rows=64, columns=64)
+    files = write_study(spec, tmp_path / "ct")
+    orthanc.upload(files)
+    node = make_node({"main": orthanc_peer(orthanc, retrieve_processes=processes, parallel_min_instances=16)})
+    node.index_peer("main", DAY, DAY)
+    seen: list[str] = []
+    report = node.retriever.retrieve(spec.study_uid, on_instance=lambda a: seen.append(a.sop_uid))
+    assert (report.stored, report.failed) == (41, 0)
+    assert sorted(seen) == sorted(f.stem for f in files)
+    _check_retrieved(node, files, spec.study_uid)
