@@ -12,7 +12,8 @@ What it measures, per study kind (FFDM 4 x ~27 MB, CT 500 x ~0.5 MB, optionally 
   the seconds are derived as X / Z for precision).
 
 Both tools run as child processes under GNU time (`/usr/bin/time -f %M`), which gives the peak
-RSS (ru_maxrss) of that child alone. Each tool retrieves each study once untimed first (warms
+RSS (ru_maxrss) of the tool's largest process; the summed PSS of all its processes (drimbox may
+use C-GET worker processes) is sampled every 50 ms as well. Each tool retrieves each study once untimed first (warms
 Orthanc's cache), then `--repeat` times, interleaved, each after an `os.sync()`; rates use the
 best time. The received files are counted (and their transfer syntax compared with the source,
 to catch transcoding) and deleted after each run. The benchmark prints figures; it asserts
@@ -41,6 +42,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -89,6 +91,7 @@ class Child:
     rc: int
     seconds: float
     max_rss_kib: int
+    tree_pss_kib: int
     stdout: Path
     stderr: Path
 
@@ -107,6 +110,7 @@ class Run:
     bytes: int
     seconds: float
     max_rss_kib: int
+    tree_pss_kib: int
     transfer_syntaxes: list[str] = field(default_factory=list)
     inproc_seconds: float | None = None  # ours only: from the CLI's report line
     index_rss_kib: int | None = None  # ours only: the untimed `index` child
@@ -120,22 +124,71 @@ class BenchError(RuntimeError):
 
 
 def run_child(cmd: Sequence[str], logs: Path, name: str, env: dict[str, str] | None = None) -> Child:
-    """Run `cmd` to completion: wall time around it, and the peak RSS of that child alone.
+    """Run `cmd` to completion: wall time around it, peak RSS of its largest process, peak PSS of all.
 
-    The RSS comes from GNU time (`-f %M`, the ru_maxrss its wait4() returns). Our own wait4() would
-    overstate it: Linux carries the forking process's RSS high-water mark over exec (Python spawns
-    with vfork, so the bench's own peak, ~200 MB after uploading, would show for every child).
+    The RSS comes from GNU time (`-f %M`, the ru_maxrss its wait4() returns: the largest single
+    process, worker processes included). Our own wait4() would overstate it: Linux carries the
+    forking process's RSS high-water mark over exec (Python spawns with vfork, so the bench's own
+    peak, ~200 MB after uploading, would show for every child). Since drimbox may retrieve with
+    worker processes, the summed PSS of the whole process tree is also sampled (TreeMemory).
     """
     out, err, rss = logs / f"{name}.out", logs / f"{name}.err", logs / f"{name}.rss"
     timed = [GNU_TIME, "-f", "%M", "-o", str(rss), *cmd] if GNU_TIME else list(cmd)
     with out.open("wb") as stdout, err.open("wb") as stderr:
         began = time.perf_counter()
         process = subprocess.Popen(timed, stdout=stdout, stderr=stderr, env=env, cwd=REPO)
+        sampler = TreeMemory(process.pid)
+        sampler.start()
         _, status, usage = os.wait4(process.pid, 0)
         seconds = time.perf_counter() - began
+        sampler.finish()
     process.returncode = os.waitstatus_to_exitcode(status)  # already reaped: tell Popen
     max_rss = int(rss.read_text().split()[-1]) if GNU_TIME else usage.ru_maxrss
-    return Child(process.returncode, seconds, max_rss, out, err)
+    return Child(process.returncode, seconds, max_rss, sampler.peak_kib, out, err)
+
+
+class TreeMemory(threading.Thread):
+    """Samples the summed PSS of every descendant of `root` every 50 ms; keeps the peak (KiB)."""
+
+    def __init__(self, root: int, interval: float = 0.05) -> None:
+        super().__init__(daemon=True)
+        self.root = root
+        self.interval = interval
+        self.peak_kib = 0
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.is_set():
+            self.peak_kib = max(self.peak_kib, sum(_pss_kib(pid) for pid in _descendants(self.root)))
+            self._done.wait(self.interval)
+
+    def finish(self) -> None:
+        self._done.set()
+        self.join()
+
+
+def _descendants(root: int) -> list[int]:
+    found: list[int] = []
+    todo = [root]
+    while todo:
+        pid = todo.pop()
+        for children in Path(f"/proc/{pid}/task").glob("*/children"):
+            try:
+                kids = [int(child) for child in children.read_text().split()]
+            except OSError:
+                continue
+            found += kids
+            todo += kids
+    return found
+
+
+def _pss_kib(pid: int) -> int:
+    try:
+        rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return 0
+    line = next((line for line in rollup.splitlines() if line.startswith("Pss:")), "Pss: 0 kB")
+    return int(line.split()[1])
 
 
 def received(folder: Path) -> tuple[int, int, list[str]]:
@@ -229,7 +282,7 @@ def getscu_once(orthanc: Orthanc, study: Study, work: Path, name: str, pdu: int 
         files, size, syntaxes = received(target)
         if child.rc != 0 or files != study.instances:
             raise BenchError(f"getscu ({study.kind}): rc {child.rc}, {files}/{study.instances} files\n{child.tail()}")
-        return Run("getscu", study.kind, files, size, child.seconds, child.max_rss_kib, syntaxes)
+        return Run("getscu", study.kind, files, size, child.seconds, child.max_rss_kib, child.tree_pss_kib, syntaxes)
     finally:
         shutil.rmtree(target, ignore_errors=True)
 
@@ -285,7 +338,7 @@ def ours_once(orthanc: Orthanc, study: Study, work: Path, name: str) -> Run:
                 f"drimbox retrieve ({study.kind}): rc {child.rc}, reported {stored}, {files} files, "
                 f"expected {study.instances}\n{child.tail()}"
             )
-        run = Run("ours", study.kind, files, size, child.seconds, child.max_rss_kib, syntaxes)
+        run = Run("ours", study.kind, files, size, child.seconds, child.max_rss_kib, child.tree_pss_kib, syntaxes)
         run.inproc_seconds = mb / rate if rate else None
         run.index_rss_kib = index.max_rss_kib
         return run
@@ -312,10 +365,8 @@ def measure(orthanc: Orthanc, study: Study, work: Path, args: argparse.Namespace
         ):
             runs[result.tool].append(result)
             extra = f", in-process {result.inproc_seconds:.2f} s" if result.inproc_seconds else ""
-            print(
-                f"  {result.tool} #{i + 1}: {result.seconds:.2f} s{extra}, peak RSS {result.max_rss_kib / 1024:.0f} MB",
-                flush=True,
-            )
+            memory = f"peak RSS {result.max_rss_kib / 1024:.0f} MB, tree PSS {result.tree_pss_kib / 1024:.0f} MB"
+            print(f"  {result.tool} #{i + 1}: {result.seconds:.2f} s{extra}, {memory}", flush=True)
     return runs
 
 
@@ -331,6 +382,7 @@ def summarize(runs: list[Run], seconds: list[float], label: str, instances: int)
         "MBps_median": mb / median,
         "inst_per_s": instances / best,
         "peak_rss_MB": max(r.max_rss_kib for r in runs) / 1024,
+        "tree_pss_MB": max(r.tree_pss_kib for r in runs) / 1024,
     }
 
 
@@ -346,15 +398,20 @@ def rows_for(study: Study, runs: dict[str, list[Run]]) -> list[dict[str, Any]]:
     return rows
 
 
-ROW = "{:<6}  {:<11} {:>7} {:>8} {:>9} {:>7} {:>9} {:>7} {:>10}"
+ROW = "{:<6}  {:<11} {:>7} {:>8} {:>9} {:>7} {:>9} {:>7} {:>10} {:>11}"
 
 
 def print_table(study: Study, rows: list[dict[str, Any]]) -> None:
     print(f"\n{study.kind}: {study.instances} instances, {study.bytes / 1e6:.1f} MB of source files")
-    print(ROW.format("study", "tool", "MB", "s(best)", "s(median)", "MB/s", "MB/s(med)", "inst/s", "peakRSS_MB"))
+    print(
+        ROW.format(
+            "study", "tool", "MB", "s(best)", "s(median)", "MB/s", "MB/s(med)", "inst/s", "peakRSS_MB", "treePSS_MB"
+        )
+    )
     for r in rows:
         figures = [f"{r['MB']:.1f}", f"{r['s_best']:.3f}", f"{r['s_median']:.3f}", f"{r['MBps_best']:.1f}"]
         figures += [f"{r['MBps_median']:.1f}", f"{r['inst_per_s']:.1f}", f"{r['peak_rss_MB']:.1f}"]
+        figures += [f"{r['tree_pss_MB']:.1f}" if r["tree_pss_MB"] else "-"]  # too short to sample
         print(ROW.format(study.kind, r["tool"], *figures))
     ref = rows[0]["MBps_best"]
     ratios = ", ".join(f"{r['tool'].removeprefix('ours-')} {100 * r['MBps_best'] / ref:.0f}%" for r in rows[1:])
@@ -362,18 +419,20 @@ def print_table(study: Study, rows: list[dict[str, Any]]) -> None:
 
 
 def print_rss_note(results: dict[str, dict[str, Any]]) -> None:
-    ours = {kind: max(r.max_rss_kib for r in res["runs"]["ours"]) / 1024 for kind, res in results.items()}
-    getscu = {kind: max(r.max_rss_kib for r in res["runs"]["getscu"]) / 1024 for kind, res in results.items()}
-    index = {kind: max(r.index_rss_kib or 0 for r in res["runs"]["ours"]) / 1024 for kind, res in results.items()}
-    largest = {kind: res["largest_instance_MB"] for kind, res in results.items()}
+    def peak(tool: str, attr: str) -> dict[str, float]:
+        return {kind: max(getattr(r, attr) or 0 for r in res["runs"][tool]) / 1024 for kind, res in results.items()}
 
     def show(values: dict[str, float]) -> str:
         return ", ".join(f"{kind} {value:.1f} MB" for kind, value in values.items())
 
-    print(f"\npeak RSS, ours (retrieve process): {show(ours)}; spread {max(ours.values()) - min(ours.values()):.0f} MB")
-    print(f"peak RSS, ours `index` process (same imports, no retrieval): {show(index)}")
-    print(f"peak RSS, getscu: {show(getscu)}")
-    print(f"largest instance: {show(largest)}")
+    ours, tree = peak("ours", "max_rss_kib"), peak("ours", "tree_pss_kib")
+    print("\npeakRSS_MB = ru_maxrss of the largest single process (GNU time); treePSS_MB = peak of the")
+    print("summed PSS of all the tool's processes (worker processes included), sampled every 50 ms")
+    print(f"ours, peak RSS (largest process): {show(ours)}; spread {max(ours.values()) - min(ours.values()):.1f} MB")
+    print(f"ours, peak PSS (all processes): {show(tree)}; spread {max(tree.values()) - min(tree.values()):.1f} MB")
+    print(f"ours, `index` process (same imports, no retrieval), peak RSS: {show(peak('ours', 'index_rss_kib'))}")
+    print(f"getscu, peak RSS: {show(peak('getscu', 'max_rss_kib'))}")
+    print(f"largest instance: {show({kind: res['largest_instance_MB'] for kind, res in results.items()})}")
 
 
 def environment(args: argparse.Namespace, orthanc: Orthanc) -> dict[str, Any]:
@@ -385,7 +444,7 @@ def environment(args: argparse.Namespace, orthanc: Orthanc) -> dict[str, Any]:
     return {
         "date": datetime.now().astimezone().isoformat(timespec="seconds"),
         "cpus": os.cpu_count(),
-        "loadavg_1min_at_start": os.getloadavg()[0],
+        "loadavg_1min_at_start": round(os.getloadavg()[0], 2),
         "orthanc": system.get("Version"),
         "dcmtk": dcmtk[0].strip(" $").removeprefix("dcmtk: ") if dcmtk else "?",
         "debian_packages": " ".join(packages.split()),
@@ -471,11 +530,8 @@ def bench(args: argparse.Namespace, work: Path) -> None:
             print_table(study, results[study.kind]["rows"])
             _print_syntaxes(study, results[study.kind]["runs"])
         print_rss_note(results)
-        env["loadavg_1min_at_end"] = os.getloadavg()[0]
-        print(
-            f"load average (1 min) at start {env['loadavg_1min_at_start']:.2f}, at end {env['loadavg_1min_at_end']:.2f}"
-            f" on {env['cpus']} CPUs: anything else running skews the figures"
-        )
+        load = env["loadavg_1min_at_start"]
+        print(f"load average (1 min) before the run: {load:.2f} on {env['cpus']} CPUs (other work skews the figures)")
         print(f"\nresults: {save(env, results).relative_to(REPO)}")
     finally:
         orthanc.stop()

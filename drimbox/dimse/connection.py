@@ -13,6 +13,7 @@ import logging
 import socket
 import tempfile
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -181,6 +182,7 @@ class PeerConnector:
             )
             if not assoc.is_established:
                 raise PeerUnreachable(_why_not_established(peer_name, peer, assoc))
+            _watch_idle(assoc, peer_name)
             try:
                 yield assoc
             finally:
@@ -198,6 +200,27 @@ class PeerConnector:
         if "Status" not in status:
             raise PeerUnreachable(f"{peer_name}: no answer to C-ECHO (association lost)")
         return int(status.Status)
+
+
+def _watch_idle(assoc: Association, peer_name: str) -> None:
+    """Abort the association once nothing has arrived for the network (idle) timeout.
+
+    pynetdicom checks its idle timer in the association reactor, which is paused while a
+    C-FIND/C-GET/C-MOVE waits for responses; with no DIMSE timeout (we want none: one 2 GB
+    instance may take minutes), a PACS that goes silent would hang the request forever.
+    """
+
+    def watch() -> None:
+        while assoc.is_established:
+            if assoc.dul.idle_timer_expired():
+                log.warning("association idle, aborted", extra={"event": "dimse.idle_abort", "peer": peer_name})
+                assoc.abort()
+                # abort() from this thread stops the DUL before it can wake a waiting request
+                assoc.dimse.msg_queue.put((None, None))
+                return
+            time.sleep(0.1)
+
+    threading.Thread(target=watch, name=f"idle-{peer_name}", daemon=True).start()
 
 
 def _why_not_established(name: str, peer: PacsPeer, assoc: Association) -> str:
