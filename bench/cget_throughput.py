@@ -45,7 +45,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -346,6 +346,24 @@ def ours_once(orthanc: Orthanc, study: Study, work: Path, name: str) -> Run:
         shutil.rmtree(box, ignore_errors=True)
 
 
+def ours_warm(orthanc: Orthanc, study: Study, work: Path, repeat: int) -> list[float]:
+    """Seconds of `repeat` retrievals in one long-lived process after a warm-up (as the daemon)."""
+    box = work / f"ours-warm-{study.kind}"
+    box.mkdir()
+    config = write_config(box, orthanc)
+    try:
+        child = run_child([python(), "-m", "bench.warm_retrieve", str(config), study.uid, "--repeat", str(repeat)],
+                          work / "logs", f"ours-warm-{study.kind}")  # fmt: skip
+        if child.rc != 0:
+            raise BenchError(f"warm retrieval ({study.kind}): rc {child.rc}\n{child.tail()}")
+        result = json.loads(child.stdout.read_text().strip().splitlines()[-1])
+        if result["stored"] != study.instances:
+            raise BenchError(f"warm retrieval ({study.kind}): {result['stored']} of {study.instances} stored")
+        return [float(s) for s in result["seconds"]]
+    finally:
+        shutil.rmtree(box, ignore_errors=True)
+
+
 # --- measuring and reporting --------------------------------------------------------------
 
 
@@ -367,6 +385,9 @@ def measure(orthanc: Orthanc, study: Study, work: Path, args: argparse.Namespace
             extra = f", in-process {result.inproc_seconds:.2f} s" if result.inproc_seconds else ""
             memory = f"peak RSS {result.max_rss_kib / 1024:.0f} MB, tree PSS {result.tree_pss_kib / 1024:.0f} MB"
             print(f"  {result.tool} #{i + 1}: {result.seconds:.2f} s{extra}, {memory}", flush=True)
+    for seconds in ours_warm(orthanc, study, work, args.repeat):
+        runs.setdefault("warm", []).append(replace(runs["ours"][0], tool="warm", seconds=seconds))
+        print(f"  ours (warm process) : {seconds:.2f} s", flush=True)
     return runs
 
 
@@ -395,6 +416,8 @@ def rows_for(study: Study, runs: dict[str, list[Run]]) -> list[dict[str, Any]]:
     inproc = [r.inproc_seconds for r in ours if r.inproc_seconds]
     if len(inproc) == len(ours):
         rows.append(summarize(ours, inproc, "ours-inproc", study.instances))
+    if runs.get("warm"):
+        rows.append(summarize(runs["warm"], [r.seconds for r in runs["warm"]], "ours-warm", study.instances))
     return rows
 
 
@@ -525,7 +548,8 @@ def bench(args: argparse.Namespace, work: Path) -> None:
         print("\n" + "=" * 100)
         print("; ".join(f"{k}: {v}" for k, v in env.items()))
         print("rates use the best time; ours-wall = retrieve process wall time (Python start-up included),")
-        print("ours-inproc = the CLI's own figure; indexing before each retrieval is untimed")
+        print("ours-inproc = the CLI's own figure; indexing before each retrieval is untimed;")
+        print("ours-warm = retrievals in one long-lived process after a warm-up, as the daemon makes them")
         for study in studies:
             print_table(study, results[study.kind]["rows"])
             _print_syntaxes(study, results[study.kind]["runs"])

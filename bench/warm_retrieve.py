@@ -1,0 +1,44 @@
+"""Retrievals in one long-lived process, as the daemon makes them: build once, warm up, then time.
+
+Used by cget_throughput.py for its `ours-warm` row:
+
+    .venv/bin/python -m bench.warm_retrieve CONFIG STUDY_UID --repeat 3
+
+prints one JSON object: {"seconds": [...], "stored": N, "bytes": B}. The first retrieval
+(untimed) starts the C-GET worker processes, as the daemon's first request would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from drimbox.config import load_settings
+from drimbox.daemon import build_node
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("config", type=Path)
+    parser.add_argument("study_uid")
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    node = build_node(load_settings(args.config))
+    try:
+        node.index_peer(next(iter(node.settings.pacs)), full=True)
+        node.retriever.retrieve(args.study_uid)
+        seconds, stored, size = [], 0, 0
+        for _ in range(args.repeat):
+            started = time.perf_counter()
+            report = node.retriever.retrieve(args.study_uid)
+            seconds.append(time.perf_counter() - started)
+            stored, size = report.stored, report.bytes
+        print(json.dumps({"seconds": seconds, "stored": stored, "bytes": size}), flush=True)
+    finally:
+        node.close()
+
+
+if __name__ == "__main__":
+    main()
