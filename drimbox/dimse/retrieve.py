@@ -8,6 +8,7 @@ wire. A C-GET of a study with many instances is split over worker processes (`pa
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -28,7 +29,7 @@ from drimbox.dimse.parallel import WorkerPool, split
 from drimbox.dimse.scp import StoreServer
 from drimbox.dimse.storage import Admitted, StorageHandler
 from drimbox.errors import RetrieveFailed
-from drimbox.index.records import InstanceRecord
+from drimbox.index.records import InstanceRecord, SeriesRecord
 from drimbox.index.repository import IndexRepository
 from drimbox.ports import AuditEvent, AuditTrail
 from drimbox.uids import checked_uid
@@ -155,14 +156,35 @@ class Retriever:
         return report
 
     def _parallel_parts(self, peer: str, study_uid: str, series_uid: str | None) -> list[Any]:
-        """The shares of a C-GET worth splitting over processes, or [] to use one association."""
+        """The shares of a C-GET worth splitting over processes, or [] to use one association.
+
+        The index says whether the study is big enough. Its instance lists are used when a
+        SERIES-level C-FIND confirms the PACS still has the same counts; otherwise the shares come
+        from a fresh IMAGE-level C-FIND, so instances added since the last indexing are not left out.
+        """
         config = self.settings.peer(peer)
         if self.pool is None or config.retrieve_processes < 2:
             return []
-        instances = self.index.instances_by_series(study_uid, series_uid)
-        if sum(len(uids) for uids in instances.values()) < config.parallel_min_instances:
+        known = self.index.instances_by_series(study_uid, series_uid)
+        if sum(len(uids) for uids in known.values()) < config.parallel_min_instances:
             return []
-        return split(instances, config.retrieve_processes)
+        query = PacsQuery(self.connector, peer)
+        counts = {}
+        for answer in query.series(study_uid):
+            with contextlib.suppress(ValueError):
+                record = SeriesRecord.from_dataset(answer)
+                if series_uid in (None, record.series_uid):
+                    counts[record.series_uid] = record.instance_count
+        if counts.keys() == known.keys() and all(counts[s] == len(known[s]) for s in known):
+            return split(known, config.retrieve_processes)
+        current: dict[str, list[tuple[int, str]]] = {}
+        for answer in query.instances(study_uid, series_uid):
+            with contextlib.suppress(ValueError):
+                instance = InstanceRecord.from_dataset(answer)
+                series = checked_uid(answer.get("SeriesInstanceUID"), "SeriesInstanceUID")
+                current.setdefault(series, []).append((instance.instance_number or 0, instance.sop_uid))
+        ordered = {series: [uid for _, uid in sorted(items)] for series, items in current.items()}
+        return split(ordered, config.retrieve_processes)
 
     # --- C-GET --------------------------------------------------------------------------
 

@@ -164,8 +164,12 @@ def test_large_study_over_one_or_several_associations(
     orthanc.upload(files)
     node = make_node({"main": orthanc_peer(orthanc, retrieve_processes=processes, parallel_min_instances=16)})
     node.index_peer("main", DAY, DAY)
+    # instances that reach the PACS after the last indexing are retrieved too
+    late = StudySpec(study_uid=spec.study_uid, series=[(CT, "CT", 5)], rows=64, columns=64)
+    files += write_study(late, tmp_path / "late")
+    orthanc.upload(files[-5:])
     seen: list[str] = []
     report = node.retriever.retrieve(spec.study_uid, on_instance=lambda a: seen.append(a.sop_uid))
-    assert (report.stored, report.failed) == (41, 0)
+    assert (report.stored, report.failed) == (46, 0)
     assert sorted(seen) == sorted(f.stem for f in files)
     _check_retrieved(node, files, spec.study_uid)
