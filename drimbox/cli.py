@@ -159,7 +159,7 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
     from drimbox.daemon import build_node
 
     node = build_node(_settings(args))
-    node.store.clean_incoming()
+    node.store.clean_incoming(older_than=node.settings.dimse.idle_timeout * 2)
     peer = args.peer or node.retriever.peer_for(args.study_uid)
     if node.settings.peer(peer).retrieve == "c-move":
         try:

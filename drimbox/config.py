@@ -85,6 +85,9 @@ class DimseSettings(_Section):
     idle_timeout: float = Field(default=120.0, gt=0, description="seconds without any byte before giving up")
     connect_timeout: float = Field(default=30.0, gt=0)
     max_pdu: int = Field(default=4_194_304, ge=0, description="largest PDU we accept; 0 = unlimited")
+    accept_from: list[str] = Field(
+        default_factory=list, description="AE titles that may send to us besides the PACS peers, from any address"
+    )
 
     _bind_ip = field_validator("bind")(lambda cls, v: _check_ip(v))
     _aet = field_validator("ae_title")(lambda cls, v: _check_ae_title(v))

@@ -143,9 +143,9 @@ def build_node(settings: Settings) -> Node:
     intake = InstanceIntake(store, index, audit)
     storage = StorageHandler(intake)
     connector = PeerConnector(settings.dimse, dict(settings.pacs))
-    scp = StoreServer(settings.dimse, storage)
+    scp = StoreServer(settings.dimse, storage, dict(settings.pacs), audit)
     processes = max((peer.retrieve_processes for peer in settings.pacs.values()), default=1)
-    pool = WorkerPool(settings, storage, build_worker_retriever, processes) if processes > 1 else None
+    pool = WorkerPool(settings, build_worker_retriever, processes) if processes > 1 else None
     retriever = Retriever(settings, connector, storage, index, audit, scp, pool)
     indexer = PacsIndexer(connector, index, store, audit)
     return Node(settings, index, store, connector, storage, scp, retriever, indexer)
@@ -221,9 +221,15 @@ class Daemon:
         self._threads.append(thread)
 
     def _echo_loop(self) -> None:
+        """Peer reachability for the status page, and the sweep of abandoned transfers."""
         while not self._stop.is_set():
             for peer in self.settings.pacs:
-                self.node.echo(peer)
+                try:
+                    self.node.echo(peer)
+                except Exception:
+                    log.exception("C-ECHO crashed", extra={"event": "echo.crashed", "peer": peer})
+                    self.node.peer_health[peer] = PeerHealth(False, _now(), None, "C-ECHO failed unexpectedly")
+            self.node.store.clean_incoming(older_than=self.settings.dimse.idle_timeout * 2)
             self._stop.wait(self.settings.index.echo_interval_seconds)
 
     def _index_loop(self) -> None:

@@ -50,7 +50,13 @@ def orthanc(orthanc_server: Orthanc) -> Iterator[Orthanc]:
 
 
 def write_config(
-    folder: Path, *, peers: dict[str, dict[str, Any]], dimse_port: int, http_port: int, database_url: str | None = None
+    folder: Path,
+    *,
+    peers: dict[str, dict[str, Any]],
+    dimse_port: int,
+    http_port: int,
+    database_url: str | None = None,
+    accept_from: tuple[str, ...] = (),
 ) -> Path:
     """A demo-mode configuration file for a test node."""
     lines = [
@@ -67,6 +73,7 @@ def write_config(
         f"port = {dimse_port}",
         f'ae_title = "{BOX_AET}"',
         "idle_timeout = 30",
+        f"accept_from = {list(accept_from)!r}".replace("'", '"'),
         "[store]",
         f'folder = "{folder / "data"}"',
         "[index]",
@@ -96,11 +103,13 @@ def make_node(tmp_path: Path) -> Iterator[NodeFactory]:
         database_url: str | None = None,
         folder: Path | None = None,
         dimse_port: int | None = None,
+        accept_from: tuple[str, ...] = (),
     ) -> Node:
         where = folder or tmp_path / f"box{len(nodes)}"
         where.mkdir(parents=True, exist_ok=True)
         port = dimse_port or free_port()
-        config = write_config(where, peers=peers, dimse_port=port, http_port=free_port(), database_url=database_url)
+        config = write_config(where, peers=peers, dimse_port=port, http_port=free_port(), database_url=database_url,
+                              accept_from=accept_from)  # fmt: skip
         node = build_node(load_settings(config))
         node.config_path = config  # type: ignore[attr-defined]
         nodes.append(node)

@@ -14,6 +14,7 @@ import socket
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -32,6 +33,7 @@ from drimbox.errors import PeerUnreachable
 log = logging.getLogger(__name__)
 
 _configured = False
+_RECV_STEP = 1 << 20
 
 
 def configure_pynetdicom() -> None:
@@ -70,16 +72,19 @@ def configure_pynetdicom() -> None:
         sock.close()
 
     def recv_whole(self: Any, nr_bytes: int) -> bytearray:
-        buffer = bytearray(nr_bytes)
-        view = memoryview(buffer)
+        # The length comes from the peer: grow the buffer only as bytes actually arrive, so a
+        # header announcing 4 GiB costs nothing until 4 GiB are sent.
+        buffer = bytearray(min(nr_bytes, _RECV_STEP))
         received = 0
         while received < nr_bytes:
-            count = self.socket.recv_into(view[received:], nr_bytes - received)
+            if received == len(buffer):
+                buffer.extend(bytes(min(nr_bytes - received, _RECV_STEP)))
+            with memoryview(buffer) as view:
+                count = self.socket.recv_into(view[received:], len(buffer) - received)
             if not count:  # connection broken: return what arrived, as pynetdicom does
-                view.release()
-                return buffer[:received]
+                del buffer[received:]
+                return buffer
             received += count
-        view.release()
         return buffer
 
     cls.__init__ = init_with_nodelay  # type: ignore[method-assign]
@@ -99,6 +104,16 @@ def receive_into(folder: Path) -> None:
     _dimse_messages.NamedTemporaryFile = functools.partial(ReceivedFile, folder)  # type: ignore[attr-defined,assignment]
 
 
+class _NoFlush:
+    """pynetdicom calls `file.flush()` after every fragment: deliberately nothing."""
+
+    def flush(self) -> None:
+        pass
+
+
+_NO_FLUSH = _NoFlush()
+
+
 class ReceivedFile:
     """What pynetdicom's chunked receive writes a C-STORE data set into (replaces NamedTemporaryFile).
 
@@ -108,19 +123,19 @@ class ReceivedFile:
     before reading the file, which flushes it.
     """
 
-    _open: ClassVar[dict[str, ReceivedFile]] = {}
+    # Weak: when pynetdicom drops a transfer that never completed (association aborted), the
+    # file object goes with it and its descriptor is closed; the partial file stays in incoming/
+    # until the daemon's sweep or next start removes it.
+    _open: ClassVar[weakref.WeakValueDictionary[str, ReceivedFile]] = weakref.WeakValueDictionary()
     _lock: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(self, folder: Path, **_options: object) -> None:
         descriptor, self.name = tempfile.mkstemp(dir=folder, prefix="cstore-", suffix=".dcm")
         self._buffered = open(descriptor, "wb", buffering=1 << 20)  # noqa: SIM115 - closed by finish/close
         self.write = self._buffered.write
-        self.file = self  # pynetdicom flushes `file` after each fragment
+        self.file = _NO_FLUSH  # pynetdicom flushes `file` after each fragment
         with self._lock:
             self._open[self.name] = self
-
-    def flush(self) -> None:
-        """Called by pynetdicom after every fragment: deliberately nothing."""
 
     def close(self) -> None:
         with self._lock:

@@ -1,10 +1,11 @@
 """Presentation contexts: which SOP classes and transfer syntaxes we offer and accept.
 
 As a C-STORE SCP we accept every storage SOP class pynetdicom knows (170, Breast Tomosynthesis
-and the other multi-frame classes included) in every transfer syntax, compressed ones listed
-first: pynetdicom picks in its own list order, and we want the PACS's stored encoding rather
-than a conversion. As a C-GET SCU we propose one context per SOP class actually in the study
-(at most 128 per association, PS3.8 §9.3.2.2), stored syntax first (decisions: C-GET contexts).
+and the other multi-frame classes included) in every transfer syntax: lossless compressed first,
+then uncompressed, lossy last (pynetdicom picks in its own list order; we want the PACS's
+stored encoding, and never a lossy conversion). As a C-GET SCU we propose one context per SOP
+class actually in the study (at most 128 per association, PS3.8 §9.3.2.2), stored syntax first
+(decisions: C-GET contexts).
 """
 
 from __future__ import annotations
@@ -30,14 +31,9 @@ FIND_MODEL = UID("1.2.840.10008.5.1.4.1.2.2.1")  # Study Root Query/Retrieve - F
 MOVE_MODEL = UID("1.2.840.10008.5.1.4.1.2.2.2")  # Study Root Query/Retrieve - MOVE
 GET_MODEL = UID("1.2.840.10008.5.1.4.1.2.2.3")  # Study Root Query/Retrieve - GET
 
-UNCOMPRESSED = [
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-]
+UNCOMPRESSED = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian]
 
-COMPRESSED = [
+LOSSLESS = [
     UID("1.2.840.10008.1.2.4.90"),  # JPEG 2000 lossless
     UID("1.2.840.10008.1.2.4.80"),  # JPEG-LS lossless
     UID("1.2.840.10008.1.2.4.70"),  # JPEG lossless SV1
@@ -45,6 +41,9 @@ COMPRESSED = [
     UID("1.2.840.10008.1.2.5"),  # RLE lossless
     UID("1.2.840.10008.1.2.4.201"),  # HTJ2K lossless
     UID("1.2.840.10008.1.2.4.202"),  # HTJ2K lossless RPCL
+]
+
+LOSSY = [
     UID("1.2.840.10008.1.2.4.91"),  # JPEG 2000
     UID("1.2.840.10008.1.2.4.81"),  # JPEG-LS near-lossless
     UID("1.2.840.10008.1.2.4.50"),  # JPEG baseline
@@ -61,8 +60,10 @@ COMPRESSED = [
     UID("1.2.840.10008.1.2.4.108"),  # HEVC/H.265 Main 10
 ]
 
-#: What we accept as an SCP, in preference order (see module docstring).
-SCP_TRANSFER_SYNTAXES: list[str | UID] = [*COMPRESSED, *UNCOMPRESSED]
+#: What we accept as an SCP, in preference order: a lossless compressed encoding (as a PACS
+#: that compresses stores it), then uncompressed, and lossy last, so that a sender offering both
+#: is never made to compress lossily what it holds losslessly.
+SCP_TRANSFER_SYNTAXES: list[str | UID] = [*LOSSLESS, *UNCOMPRESSED, *LOSSY]
 
 STORAGE_SOP_CLASSES: list[str] = [str(uid) for uid in _STORAGE_CLASSES.values()]
 
@@ -72,9 +73,11 @@ COMMON_STORAGE_SOP_CLASSES: list[str] = [str(cx.abstract_syntax) for cx in Stora
 
 
 def retrieve_syntaxes(stored: Iterable[str]) -> list[str | UID]:
-    """The syntaxes we list for one SOP class in C-GET: those the PACS stores first, then the rest."""
+    """The syntaxes we list for one SOP class in C-GET: those the PACS stores first, then
+    uncompressed and lossless ones. Lossy syntaxes only when the PACS stores them so: an acceptor
+    picks from our list, and must never pick a lossy conversion of a lossless original."""
     first: list[str | UID] = [s for s in stored if s in SCP_TRANSFER_SYNTAXES]
-    rest = [s for s in UNCOMPRESSED + COMPRESSED if s not in first]
+    rest = [s for s in UNCOMPRESSED + LOSSLESS if s not in first]
     return first + rest
 
 

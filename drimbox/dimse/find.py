@@ -2,8 +2,9 @@
 
 A PACS may cap the matches it returns (Orthanc's LimitFindResults, most vendor PACS) or drop an
 association in the middle of a long answer. A study query over a date range is therefore split
-in two whenever it comes back full or failed, down to one day and then to ever narrower StudyTime
-ranges of that day; each query is retried on a fresh association before giving up.
+in two whenever it comes back capped (as many matches as the PACS allows, or a capped status),
+down to one day and then to ever narrower StudyTime ranges of that day; each query is retried
+on a fresh association before giving up.
 """
 
 from __future__ import annotations
@@ -164,7 +165,17 @@ class PacsQuery:
         identifier.StudyInstanceUID = study_uid
         for key in SERIES_KEYS:
             setattr(identifier, key, None)
-        return self.find("SERIES", identifier)
+        return self._all_or_truncated("SERIES", identifier)
+
+    def _all_or_truncated(self, level: str, identifier: Dataset) -> list[Dataset]:
+        """Series and instances cannot be split by date: keep a capped answer, and count it."""
+        try:
+            return self.find(level, identifier)
+        except TooManyMatches as exc:
+            self.stats.truncated += 1
+            log.error("C-FIND truncated", extra={"event": "cfind.truncated", "peer": self.peer,
+                                                 "query_level": level, "reason": str(exc)})  # fmt: skip
+            return exc.matches
 
     def instances(self, study_uid: str, series_uid: str | None = None) -> list[Dataset]:
         identifier = Dataset()
@@ -172,7 +183,7 @@ class PacsQuery:
         identifier.SeriesInstanceUID = series_uid or None
         for key in IMAGE_KEYS:
             setattr(identifier, key, None)
-        return self.find("IMAGE", identifier)
+        return self._all_or_truncated("IMAGE", identifier)
 
 
 def _hhmmss(seconds: int) -> str:

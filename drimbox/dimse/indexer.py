@@ -104,18 +104,23 @@ class PacsIndexer:
             report.studies_new += 1
         else:
             report.studies_changed += 1
+        truncated = query.stats.truncated
         series_records = [r for r in (_series(a, report) for a in query.series(record.study_uid)) if r]
         report.series_queried += 1
         self.index.upsert_series(record.study_uid, series_records)
-        files = self.index.remove_missing_series(record.study_uid, {s.series_uid for s in series_records})
+        files: list[str] = []
+        if query.stats.truncated == truncated:  # only a complete answer proves a series is gone
+            files = self.index.remove_missing_series(record.study_uid, {s.series_uid for s in series_records})
         for series in series_records:
             if not full and state is not None and _series_unchanged(series, state):
                 continue
+            truncated = query.stats.truncated
             answers = query.instances(record.study_uid, series.series_uid)
             instances = [r for r in (_instance(a, report) for a in answers) if r]
             report.instances_seen += len(instances)
             self.index.upsert_instances(series.series_uid, instances)
-            files += self.index.remove_missing_instances(series.series_uid, {i.sop_uid for i in instances})
+            if query.stats.truncated == truncated:
+                files += self.index.remove_missing_instances(series.series_uid, {i.sop_uid for i in instances})
         self.index.mark_indexed(record.study_uid)
         self.store.remove(files)
 
@@ -129,9 +134,10 @@ class PacsIndexer:
             high = last.strftime("%Y%m%d") if last else "99999999"
             known = self.index.study_uids_between(peer, low, high)
         vanished = known - present
-        if vanished and report.stats.truncated:
+        if vanished and (report.stats.truncated or report.stats.splits):
+            # A split query asks by date and time: studies without either are not in its answers.
             log.warning(
-                "vanished studies kept: the PACS truncated an answer",
+                "vanished studies kept: the PACS's answers were capped",
                 extra={"event": "index.keep_vanished", "peer": peer, "count": len(vanished)},
             )
             return

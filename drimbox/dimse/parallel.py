@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from drimbox.config import Settings
-from drimbox.dimse.storage import StorageHandler
 from drimbox.errors import DrimboxError, RetrieveFailed
 
 if TYPE_CHECKING:
@@ -63,15 +62,15 @@ def split(instances_by_series: dict[str, list[str]], workers: int) -> list[Part]
 class WorkerPool:
     """A pool of retrieval processes, started on first use and kept for the node's lifetime."""
 
-    def __init__(self, settings: Settings, storage: StorageHandler, factory: RetrieverFactory, processes: int) -> None:
+    def __init__(self, settings: Settings, factory: RetrieverFactory, processes: int) -> None:
         self.settings = settings
-        self.storage = storage
         self.factory = factory
         self.processes = processes
         self._context = multiprocessing.get_context("spawn")
         self._executor: ProcessPoolExecutor | None = None
         self._arrivals: Any = None
         self._lock = threading.Lock()
+        self._run_lock = threading.Lock()
 
     def _pool(self) -> ProcessPoolExecutor:
         with self._lock:
@@ -85,31 +84,38 @@ class WorkerPool:
                 )
             return self._executor
 
-    def run(self, peer: str, study_uid: str, parts: list[Part], report: RetrieveReport) -> None:
-        """Retrieve every part; instances reach the storage handler's listeners as they land."""
-        try:
-            futures = [self._pool().submit(_retrieve_part, peer, study_uid, part) for part in parts]
-        except BrokenProcessPool:
-            self.close()
-            raise RetrieveFailed("the retrieval workers stopped; retry") from None
-        while True:
-            self._drain()
-            _, pending = wait(futures, timeout=0.05)
-            if not pending:
-                self._drain()
-                break
-        for future in futures:
-            self._collect(future, report)
+    def run(
+        self, peer: str, study_uid: str, parts: list[Part], report: RetrieveReport, admitted: Callable[[Any], None]
+    ) -> None:
+        """Retrieve every part; `admitted` hears of each instance as it lands, from any worker.
+
+        One split retrieval at a time uses the pool (they share the arrivals queue). Each part
+        ends with a marker on that queue, after its instances: waiting for every marker, not just
+        for the results (which travel on another pipe), ensures no arrival is left behind.
+        """
+        with self._run_lock:
+            try:
+                futures = [self._pool().submit(_retrieve_part, peer, study_uid, part) for part in parts]
+            except BrokenProcessPool:
+                self.close()
+                raise RetrieveFailed("the retrieval workers stopped; retry") from None
+            markers = 0
+            while markers < len(parts):
+                try:
+                    item = self._arrivals.get(timeout=0.1)
+                except queue.Empty:
+                    if any(f.done() and f.exception() is not None for f in futures) and all(f.done() for f in futures):
+                        break  # a worker died: its marker will never come
+                    continue
+                if item is None:
+                    markers += 1
+                else:
+                    admitted(item)
+            wait(futures)
+            for future in futures:
+                self._collect(future, report)
         if report.errors:
             raise RetrieveFailed(f"C-GET failed in a worker: {report.errors[0]}")
-
-    def _drain(self) -> None:
-        while True:
-            try:
-                admitted = self._arrivals.get_nowait()
-            except queue.Empty:
-                return
-            self.storage.notify(admitted)
 
     def _collect(self, future: Future[PartResult], report: RetrieveReport) -> None:
         try:
@@ -152,5 +158,8 @@ def _exit_with_parent(parent: int) -> None:
 
 def _retrieve_part(peer: str, study_uid: str, part: Part) -> PartResult:
     assert _worker is not None, "worker not initialised"
-    report = _worker.retrieve_part(peer, study_uid, part.series_uid, list(part.sop_uids), _arrivals.put)
+    try:
+        report = _worker.retrieve_part(peer, study_uid, part.series_uid, list(part.sop_uids), _arrivals.put)
+    finally:
+        _arrivals.put(None)  # the part's end marker, behind its last instance
     return PartResult(report.failed, tuple(report.errors))

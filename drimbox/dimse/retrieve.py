@@ -120,11 +120,7 @@ class Retriever:
         try:
             parts = self._parallel_parts(peer, study_uid, series_uid) if method == "c-get" else []
             if parts and self.pool is not None:
-                unsubscribe = self.storage.listen(study_uid, admitted)
-                try:
-                    self.pool.run(peer, study_uid, parts, report)
-                finally:
-                    unsubscribe()
+                self.pool.run(peer, study_uid, parts, report, admitted)
             elif method == "c-get":
                 self._cget(peer, study_uid, series_uid, report, admitted)
             else:
@@ -202,15 +198,11 @@ class Retriever:
         contexts.insert(0, build_context(GET_MODEL))
 
         def handle(event: Any) -> Any:
-            return self.storage.handle(event, peer)
+            return self.storage.handle(event, peer, admitted)
 
-        unsubscribe = self.storage.listen(study_uid, admitted)
-        try:
-            with self.connector.associate(peer, contexts, roles, [(evt.EVT_C_STORE, handle)]) as assoc:
-                responses = assoc.send_c_get(_identifier(study_uid, series_uid, sop_uids), GET_MODEL)
-                self._follow(responses, report, "C-GET")
-        finally:
-            unsubscribe()
+        with self.connector.associate(peer, contexts, roles, [(evt.EVT_C_STORE, handle)]) as assoc:
+            responses = assoc.send_c_get(_identifier(study_uid, series_uid, sop_uids), GET_MODEL)
+            self._follow(responses, report, "C-GET")
 
     def _sop_classes(self, peer: str, study_uid: str, series_uid: str | None) -> dict[str, set[str]]:
         """SOP classes (and stored syntaxes) of what we retrieve: from the index, else by C-FIND."""
@@ -247,7 +239,7 @@ class Retriever:
     ) -> None:
         if self.scp is None:
             raise RetrieveFailed("C-MOVE needs our DICOM listener running to receive the instances")
-        unsubscribe = self.storage.listen(study_uid, admitted)
+        message_id, unsubscribe = self.storage.listen_move(admitted)
         try:
             context = build_context(MOVE_MODEL)
             with self.connector.associate(peer, [context]) as assoc:
@@ -255,6 +247,7 @@ class Retriever:
                     _identifier(study_uid, series_uid),
                     self.settings.dimse.ae_title,
                     MOVE_MODEL,
+                    msg_id=message_id,
                 )
                 self._follow(responses, report, "C-MOVE")
         finally:
@@ -300,22 +293,35 @@ class Retriever:
 
     def _fetch(self, study_uid: str, series_uid: str | None) -> Iterator[Path]:
         arrived: queue.Queue[Path | BaseException | None] = queue.Queue(maxsize=64)
+        abandoned = threading.Event()
+
+        def hand_over(item: Path | BaseException | None) -> None:
+            # Never block a DICOM association for a reader that has gone away.
+            while not abandoned.is_set():
+                try:
+                    arrived.put(item, timeout=0.5)
+                    return
+                except queue.Full:
+                    continue
 
         def work() -> None:
             try:
-                self.retrieve(study_uid, series_uid, on_instance=lambda a: arrived.put(Path(a.path)))
-                arrived.put(None)
+                self.retrieve(study_uid, series_uid, on_instance=lambda a: hand_over(Path(a.path)))
+                hand_over(None)
             except BaseException as exc:
-                arrived.put(exc)
+                hand_over(exc)
 
         threading.Thread(target=work, name=f"fetch-{study_uid[-12:]}", daemon=True).start()
-        while True:
-            item = arrived.get()
-            if item is None:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+        try:
+            while True:
+                item = arrived.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            abandoned.set()
 
 
 def _identifier(study_uid: str, series_uid: str | None, sop_uids: list[str] | None = None) -> Dataset:

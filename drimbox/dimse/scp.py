@@ -8,6 +8,7 @@ beyond that the new association is aborted as soon as it is established.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from collections import Counter
 from typing import Any
@@ -15,20 +16,31 @@ from typing import Any
 from pynetdicom import evt
 from pynetdicom.transport import ThreadedAssociationServer
 
-from drimbox.config import DimseSettings
+from drimbox.config import DimseSettings, PacsPeer
 from drimbox.dimse.connection import make_ae
 from drimbox.dimse.contexts import SCP_TRANSFER_SYNTAXES, STORAGE_SOP_CLASSES, VERIFICATION
 from drimbox.dimse.storage import StorageHandler
+from drimbox.ports import AuditEvent, AuditTrail
 
 log = logging.getLogger(__name__)
 
 
 class StoreServer:
-    """The C-STORE SCP; start() returns once it listens, stop() closes it."""
+    """The C-STORE SCP; start() returns once it listens, stop() closes it.
 
-    def __init__(self, settings: DimseSettings, storage: StorageHandler) -> None:
+    Only known callers get in: the AE titles of the PACS peers, from the peer's own address,
+    and those listed in `dimse.accept_from` (from any address). Others are rejected at
+    association time (calling AE title not recognised) or aborted when their address is wrong.
+    """
+
+    def __init__(self, settings: DimseSettings, storage: StorageHandler, peers: dict[str, PacsPeer],
+                 audit: AuditTrail) -> None:  # fmt: skip
         self.settings = settings
         self.storage = storage
+        self.audit = audit
+        self.peer_hosts: dict[str, set[str]] = {}
+        for peer in peers.values():
+            self.peer_hosts.setdefault(peer.ae_title, set()).update(_addresses(peer.host))
         self._server: ThreadedAssociationServer | None = None
         self._open: Counter[str] = Counter()
         self._lock = threading.Lock()
@@ -42,6 +54,7 @@ class StoreServer:
 
     def start(self) -> None:
         ae = make_ae(self.settings)
+        ae.require_calling_aet = sorted(set(self.peer_hosts) | set(self.settings.accept_from)) or ["-NONE-"]
         ae.add_supported_context(VERIFICATION, SCP_TRANSFER_SYNTAXES)
         for sop_class in STORAGE_SOP_CLASSES:
             ae.add_supported_context(sop_class, SCP_TRANSFER_SYNTAXES)
@@ -70,6 +83,14 @@ class StoreServer:
 
     def _on_established(self, event: Any) -> None:
         caller = str(event.assoc.requestor.ae_title).strip()
+        address = str(event.assoc.requestor.address)
+        hosts = self.peer_hosts.get(caller)
+        if caller not in self.settings.accept_from and hosts is not None and address not in hosts:
+            log.warning("association refused: address", extra={"event": "scp.refused", "peer": caller,
+                                                                "address": address})  # fmt: skip
+            self.audit.record(AuditEvent("association.refused", caller, "failure",
+                                         detail={"address": address, "reason": "not the PACS's address"}))  # fmt: skip
+            event.assoc.abort()
         with self._lock:
             self._open[caller] += 1
             too_many = self._open[caller] > self.settings.max_associations_per_peer
@@ -83,3 +104,11 @@ class StoreServer:
             self._open[caller] -= 1
             if self._open[caller] <= 0:
                 del self._open[caller]
+
+
+def _addresses(host: str) -> set[str]:
+    """The IP addresses of a configured peer host (the name itself when it does not resolve)."""
+    try:
+        return {str(info[4][0]) for info in socket.getaddrinfo(host, None)} | {host}
+    except OSError:
+        return {host}

@@ -3,13 +3,14 @@
 pynetdicom has already written the data set to a file in `incoming/` (chunked receive); the
 handler hands that file to the intake and maps the outcome to a DIMSE status (PS3.4 Annex B):
 0xA900 when the object contradicts its request, 0xC000 when it cannot be read, 0xA700 when
-the store is full. Listeners (a C-MOVE waiting for its instances, a streaming WADO-RS request)
-are told about every instance admitted for their study.
+the store is full. The retrieval that asked for the instance is told as soon as it is admitted.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import random
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -51,30 +52,34 @@ Listener = Callable[[Admitted], None]
 
 
 class StorageHandler:
-    """Turns received C-STORE data sets into store entries; notifies listeners per study."""
+    """Turns received C-STORE data sets into store entries and tells whoever waits for them.
+
+    A C-GET passes its own callback with each sub-operation (the instances arrive on its own
+    association); a C-MOVE registers under its message ID, which the PACS repeats in every
+    C-STORE it sends for that move (Move Originator Message ID), so concurrent retrievals of
+    the same study never see each other's instances.
+    """
 
     def __init__(self, intake: InstanceIntake) -> None:
         self.intake = intake
-        self._listeners: dict[str, list[Listener]] = {}
+        self._moves: dict[int, Listener] = {}
         self._lock = threading.Lock()
+        self._message_ids = itertools.count(random.randrange(1, 0xFFFF))
         receive_into(intake.store.incoming)
 
-    def listen(self, study_uid: str, listener: Listener) -> Callable[[], None]:
-        """Call `listener` for each instance of `study_uid` admitted; return the unsubscribe."""
+    def listen_move(self, listener: Listener) -> tuple[int, Callable[[], None]]:
+        """A fresh C-MOVE message ID whose instances go to `listener`, and the unsubscribe."""
         with self._lock:
-            self._listeners.setdefault(study_uid, []).append(listener)
+            message_id = next(self._message_ids) % 0xFFFF + 1
+            self._moves[message_id] = listener
 
         def stop() -> None:
             with self._lock:
-                listeners = self._listeners.get(study_uid, [])
-                if listener in listeners:
-                    listeners.remove(listener)
-                if not listeners:
-                    self._listeners.pop(study_uid, None)
+                self._moves.pop(message_id, None)
 
-        return stop
+        return message_id, stop
 
-    def handle(self, event: Any, peer: str = "") -> int | Dataset:
+    def handle(self, event: Any, peer: str = "", on_admitted: Listener | None = None) -> int | Dataset:
         """The EVT_C_STORE handler."""
         request = event.request
         # In a C-GET we requested the association and the PACS (the acceptor) sends.
@@ -100,15 +105,13 @@ class StorageHandler:
             path.unlink(missing_ok=True)
             log.exception("C-STORE failed", extra={"event": "cstore.error", "peer": sender})
             return _status(STATUS_OUT_OF_RESOURCES, f"{exc.__class__.__name__}")
-        self.notify(Admitted.of(entry))
+        listener = on_admitted
+        if listener is None and request.MoveOriginatorMessageID is not None:
+            with self._lock:
+                listener = self._moves.get(int(request.MoveOriginatorMessageID))
+        if listener is not None:
+            listener(Admitted.of(entry))
         return STATUS_SUCCESS
-
-    def notify(self, admitted: Admitted) -> None:
-        """Tell the listeners of the study (also for instances admitted by worker processes)."""
-        with self._lock:
-            listeners = list(self._listeners.get(admitted.study_uid, []))
-        for listener in listeners:
-            listener(admitted)
 
 
 def _status(code: int, comment: str) -> Dataset:

@@ -27,7 +27,8 @@ class DatabaseError(DrimboxError):
 
 def make_engine(url: str) -> Engine:
     """An engine for `url`; for SQLite, create the folder and set WAL and foreign keys."""
-    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    # hide_parameters: SQL errors end in logs, and bound values are names, IDs and birth dates
+    kwargs: dict[str, Any] = {"pool_pre_ping": True, "hide_parameters": True}
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":

@@ -32,16 +32,18 @@ def text(ds: Dataset, keyword: str, size: int = 64) -> str:
         return ""
     if isinstance(value, list | tuple | MultiValue):
         value = "\\".join(str(v) for v in value)
-    return str(value).strip()[:size]
+    return str(value).replace("\x00", "").strip()[:size]
 
 
 def integer(ds: Dataset, keyword: str) -> int | None:
     """The element's value as an int, or None when absent or not a number."""
     raw = text(ds, keyword, 32)
     try:
-        return int(float(raw)) if raw else None
-    except ValueError:
+        number = int(float(raw)) if raw else None
+    except (ValueError, OverflowError):
         return None
+    # the index's integer columns are 32-bit; a modality's "20231201123" is no count we can use
+    return number if number is not None and -(2**31) <= number < 2**31 else None
 
 
 @dataclass(frozen=True)

@@ -78,7 +78,7 @@ class IndexRepository:
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         self._write_lock = threading.Lock()
-        self._series_pks: dict[str, int] = {}  # series UID → row id, for record_stored's fast path
+        self._known_series: set[str] = set()  # series UIDs record_stored has seen: its fast path
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -143,18 +143,18 @@ class IndexRepository:
 
         The first instance of a series goes through the full upsert (patient, study, series);
         the next ones of the same series are one INSERT .. ON CONFLICT each: the ORM path costs
-        ~10 ms per instance, which a 500-slice CT retrieval cannot afford.
+        ~10 ms per instance, which a 500-slice CT retrieval cannot afford. Study and patient
+        attributes are taken from the series' first instance.
         """
-        series_pk = self._series_pks.get(entry.series.series_uid)
-        if series_pk is not None:
+        if entry.series.series_uid in self._known_series:
             try:
                 with self._write_lock, self.engine.begin() as conn:
-                    conn.execute(_stored_instance_upsert(self.engine.dialect.name, series_pk, entry))
+                    conn.execute(_stored_instance_upsert(self.engine.dialect.name, entry))
                 return
             except IntegrityError:  # the series row was removed meanwhile: take the full path
-                self._series_pks.pop(entry.series.series_uid, None)
+                self._known_series.discard(entry.series.series_uid)
 
-        def work(session: Session) -> int:
+        def work(session: Session) -> None:
             study = _upsert_study(session, entry.study, peer)
             series = _upsert_series(session, study, entry.series)
             instance = _upsert_instance(session, series, entry.instance)
@@ -162,11 +162,11 @@ class IndexRepository:
             instance.file_path = entry.file.path
             instance.file_size = entry.file.size
             instance.stored_at = datetime.now(UTC)
-            return series.id
 
-        self._series_pks[entry.series.series_uid] = self._write(work)
-        while len(self._series_pks) > 1024:
-            self._series_pks.pop(next(iter(self._series_pks)))
+        self._write(work)
+        if len(self._known_series) > 4096:
+            self._known_series.clear()
+        self._known_series.add(entry.series.series_uid)
 
     def remove_missing_series(self, study_uid: str, present: set[str]) -> list[str]:
         """Drop series the PACS no longer has; return the files they held."""
@@ -416,10 +416,16 @@ def _upsert_instance(session: Session, series: Series, record: InstanceRecord) -
     return instance
 
 
-def _stored_instance_upsert(dialect: str, series_pk: int, entry: InstanceEntry) -> Any:
-    """INSERT the instance row of a stored file, or UPDATE it when the SOP Instance UID is known."""
+def _stored_instance_upsert(dialect: str, entry: InstanceEntry) -> Any:
+    """INSERT the instance row of a stored file, or UPDATE it when the SOP Instance UID is known.
+
+    The series is looked up by UID in the statement itself (never a cached row id, which a
+    deleted-then-reused rowid could turn into another patient's series); a series that no longer
+    exists gives NULL and the NOT NULL constraint refuses the row.
+    """
     insert = sqlite_insert if dialect == "sqlite" else postgresql_insert
     record = entry.instance
+    series_pk = select(Series.id).where(Series.series_uid == entry.series.series_uid).scalar_subquery()
     values = {
         "series_pk": series_pk,
         "sop_class_uid": record.sop_class_uid,

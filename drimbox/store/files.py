@@ -8,9 +8,12 @@ path components; nothing else from outside ever does.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
+import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,13 +49,19 @@ class InstanceStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self.incoming.mkdir(parents=True, exist_ok=True)
 
-    def clean_incoming(self) -> int:
-        """Remove files left in `incoming/` by an interrupted run; return how many."""
+    def clean_incoming(self, older_than: float = 0.0) -> int:
+        """Remove files left in `incoming/` by interrupted transfers; return how many.
+
+        `older_than` (seconds since last written) spares transfers another process (the daemon,
+        beside a CLI command) is still writing: a live transfer's file changes every moment.
+        """
         removed = 0
+        limit = time.time() - older_than
         for leftover in self.incoming.iterdir():
-            if leftover.is_file():
-                leftover.unlink(missing_ok=True)
-                removed += 1
+            with contextlib.suppress(FileNotFoundError):
+                if leftover.is_file() and leftover.stat().st_mtime <= limit:
+                    leftover.unlink(missing_ok=True)
+                    removed += 1
         return removed
 
     def path_for(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
@@ -101,7 +110,9 @@ class InstanceStore:
             except OSError as exc:
                 if exc.errno != errno.EXDEV:
                     raise
-                partial = self.incoming / f"{inspected.sop_uid}.part"
+                # incoming/ is on another filesystem: copy next to the final place, then rename
+                descriptor, partial = tempfile.mkstemp(dir=final.parent, prefix=".", suffix=".part")
+                os.close(descriptor)
                 shutil.copyfile(received, partial)
                 os.replace(partial, final)
                 received.unlink(missing_ok=True)

@@ -15,9 +15,20 @@ from drimbox.errors import InstanceMismatch, InvalidInstance
 from drimbox.index.records import InstanceEntry, StoredFile
 from drimbox.index.repository import IndexRepository
 from drimbox.ports import AuditEvent, AuditTrail
-from drimbox.store.files import InstanceStore
+from drimbox.store.files import InspectedFile, InstanceStore
 
 log = logging.getLogger(__name__)
+
+
+def _entry(inspected: InspectedFile, final: Path) -> InstanceEntry:
+    """The index entry of a checked file, built before the file is placed (it may still refuse)."""
+    try:
+        return InstanceEntry.from_dataset(inspected.dataset, inspected.transfer_syntax_uid,
+                                          StoredFile(str(final), inspected.size))  # fmt: skip
+    except InvalidInstance:
+        raise
+    except Exception as exc:  # pydicom raises widely on malformed values it deferred
+        raise InvalidInstance(f"unreadable attribute: {exc.__class__.__name__}: {exc}") from exc
 
 
 class InstanceIntake:
@@ -48,19 +59,22 @@ class InstanceIntake:
                 raise InstanceMismatch(
                     f"SOPClassUID {inspected.sop_class_uid} differs from the request's {expected_sop_class_uid}"
                 )
+            final = self.store.path_for(inspected.study_uid, inspected.series_uid, inspected.sop_uid)
+            entry = _entry(inspected, final)
         except InvalidInstance as exc:
             received.unlink(missing_ok=True)
             log.warning("instance refused", extra={"event": "instance.refused", "peer": sender, "reason": str(exc)})
             self.audit.record(AuditEvent("instance.stored", sender, "failure", detail={"reason": str(exc)}))
             raise
-        final = self.store.admit(received, inspected)
-        entry = InstanceEntry.from_dataset(
-            inspected.dataset, inspected.transfer_syntax_uid, StoredFile(str(final), inspected.size)
-        )
+        replacing = final.exists()
+        self.store.admit(received, inspected)
         try:
             self.index.record_stored(entry, peer)
         except BaseException:
-            final.unlink(missing_ok=True)
+            # A new file the index does not know must go; a replaced one is still a complete copy
+            # of the instance the index points at, so it stays.
+            if not replacing:
+                final.unlink(missing_ok=True)
             raise
         self.audit.record(
             AuditEvent(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from tests.support.datasets import CT, DBT, StudySpec, elements_equal, write_stu
 
 @pytest.fixture
 def box(make_node: NodeFactory) -> Iterator[Node]:
-    node = make_node({})
+    node = make_node({}, accept_from=("PUSHER", "STORESCU"))
     node.scp.start()
     yield node
 
@@ -130,3 +131,38 @@ def test_each_stored_instance_leaves_an_audit_record(box: Node, tmp_path: Path) 
         ("PUSHER", "failure", ""),
     ]
     assert stored[0]["patient_id"] == "IPP00000001"
+
+
+def test_unknown_callers_are_refused(make_node: NodeFactory, tmp_path: Path) -> None:
+    # A PACS peer's AE title calling from another address than the configured one: aborted.
+    node = make_node({"pacs": {"ae_title": "PACS", "host": "127.0.0.2", "port": 104}}, accept_from=("PUSHER",))
+    node.scp.start()
+    host, port = node.scp.address
+    stranger = AE(ae_title="STRANGER")
+    stranger.add_requested_context("1.2.840.10008.1.1")
+    refused = stranger.associate(host, port, ae_title=BOX_AET)
+    assert refused.is_rejected
+    impostor = AE(ae_title="PACS")
+    impostor.add_requested_context("1.2.840.10008.1.1")
+    assoc = impostor.associate(host, port, ae_title=BOX_AET)
+    deadline = time.monotonic() + 5
+    while assoc.is_established and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not assoc.is_established
+    records = [json.loads(line) for line in (node.settings.store.folder / "audit.jsonl").read_text().splitlines()]
+    assert [(r["action"], r["actor"], r["outcome"]) for r in records] == [("association.refused", "PACS", "failure")]
+
+
+def test_a_header_announcing_a_huge_pdu_costs_no_memory(box: Node) -> None:
+    import resource
+    import socket
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    host, port = box.scp.address
+    for _ in range(4):
+        with socket.create_connection((host, port)) as sock:
+            sock.sendall(b"\x01\x00\xff\xff\xff\xf0" + b"\x00" * 64)  # A-ASSOCIATE-RQ of "4 GiB"
+            time.sleep(0.2)
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert after - before < 200 * 1024, f"peak RSS grew by {(after - before) // 1024} MB"
+    assert _echo(box) == 0x0000

@@ -79,7 +79,7 @@ def test_a_transfer_longer_than_the_idle_timeout_completes(
 
 
 def test_associations_beyond_the_per_peer_cap_are_aborted(make_node: NodeFactory) -> None:
-    node = make_node({})
+    node = make_node({}, accept_from=("MODALITY", "OTHER"))
     node.scp.start()
     host, port = node.scp.address
     cap = node.settings.dimse.max_associations_per_peer

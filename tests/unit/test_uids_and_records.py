@@ -64,3 +64,22 @@ def test_record_with_bad_uid_is_refused() -> None:
         ds.SeriesInstanceUID = "1.2.x"
     with pytest.raises(InvalidUID):
         SeriesRecord.from_dataset(ds)
+
+
+def test_counts_outside_32_bits_are_ignored() -> None:
+    ds = Dataset()
+    ds.StudyInstanceUID = "1.2.3"
+    ds.NumberOfStudyRelatedInstances = "20231201123"
+    ds.NumberOfStudyRelatedSeries = "2"
+    record = StudyRecord.from_dataset(ds)
+    assert record.instance_count is None and record.series_count == 2
+
+
+def test_transfer_syntax_preferences_never_choose_lossy_first() -> None:
+    from drimbox.dimse.contexts import LOSSLESS, LOSSY, SCP_TRANSFER_SYNTAXES, UNCOMPRESSED, retrieve_syntaxes
+
+    order = [str(uid) for uid in SCP_TRANSFER_SYNTAXES]
+    assert max(order.index(str(u)) for u in LOSSLESS + UNCOMPRESSED) < min(order.index(str(u)) for u in LOSSY)
+    assert not set(retrieve_syntaxes([])) & set(LOSSY)
+    stored_lossy = retrieve_syntaxes(["1.2.840.10008.1.2.4.50"])
+    assert stored_lossy[0] == "1.2.840.10008.1.2.4.50"
