@@ -9,13 +9,12 @@ from typing import Any
 
 import pytest
 from pydicom.dataset import Dataset
-from pynetdicom import AE, evt
 
-from drimbox.dimse.contexts import FIND_MODEL, VERIFICATION
 from drimbox.errors import QueryFailed
 from tests.conftest import NodeFactory, orthanc_peer
 from tests.support.datasets import CT, StudySpec, write_study
-from tests.support.peers import Orthanc, free_port
+from tests.support.peers import Orthanc
+from tests.support.scp import FindScp
 
 
 @pytest.fixture
@@ -50,18 +49,15 @@ def test_capped_answers_are_split_until_complete(
     assert report.stats.truncated == 0
 
 
-class FlakyPacs:
-    """A C-FIND SCP (pynetdicom) that drops the association in the middle of its first answers."""
+class FlakyPacs(FindScp):
+    """A C-FIND SCP that drops the association in the middle of its first answers."""
+
+    ae_title = "FLAKY"
 
     def __init__(self, studies: list[Dataset], drops: int) -> None:
         self.studies = studies
         self.drops_left = drops
-        self.port = free_port()
-        ae = AE(ae_title="FLAKY")
-        ae.add_supported_context(FIND_MODEL)
-        ae.add_supported_context(VERIFICATION)
-        self.server = ae.start_server(("127.0.0.1", self.port), block=False,
-                                      evt_handlers=[(evt.EVT_C_FIND, self.on_find)])  # fmt: skip
+        super().__init__()
 
     def on_find(self, event: Any) -> Iterator[tuple[int, Dataset | None]]:
         level = event.identifier.QueryRetrieveLevel
@@ -72,9 +68,6 @@ class FlakyPacs:
                 event.assoc.abort()
                 return
             yield 0xFF00, match
-
-    def stop(self) -> None:
-        self.server.shutdown()
 
 
 def test_association_dropped_mid_answer_is_retried(make_node: NodeFactory) -> None:
@@ -88,7 +81,7 @@ def test_association_dropped_mid_answer_is_retried(make_node: NodeFactory) -> No
         studies.append(ds)
     pacs = FlakyPacs(studies, drops=2)
     try:
-        node = make_node({"flaky": {"ae_title": "FLAKY", "host": "127.0.0.1", "port": pacs.port}})
+        node = make_node({"flaky": pacs.peer()})
         report = node.index_peer("flaky", date(2026, 11, 20), date(2026, 11, 20))
     finally:
         pacs.stop()
@@ -102,7 +95,7 @@ def test_association_dropped_every_time_fails_with_a_clear_error(make_node: Node
     ds.StudyInstanceUID = "1.2.826.0.1.9"
     pacs = FlakyPacs([ds, ds], drops=10)
     try:
-        node = make_node({"flaky": {"ae_title": "FLAKY", "host": "127.0.0.1", "port": pacs.port}})
+        node = make_node({"flaky": pacs.peer()})
         with pytest.raises(QueryFailed, match="association lost during C-FIND at STUDY level"):
             node.index_peer("flaky", date(2026, 11, 20), date(2026, 11, 20))
     finally:

@@ -10,15 +10,16 @@ from typing import Any
 
 import pytest
 from pydicom.dataset import Dataset
-from pynetdicom import AE, evt
+from pynetdicom import AE
 
 from drimbox.config import load_settings
 from drimbox.daemon import build_node
-from drimbox.dimse.contexts import FIND_MODEL, VERIFICATION
+from drimbox.dimse.contexts import VERIFICATION
 from drimbox.errors import QueryFailed
 from tests.conftest import BOX_AET, NodeFactory, orthanc_peer
 from tests.support.datasets import CT, StudySpec, write_study
-from tests.support.peers import Orthanc, free_port
+from tests.support.peers import Orthanc
+from tests.support.scp import FindScp
 
 DAY = date(2026, 11, 20)
 
@@ -29,17 +30,14 @@ def _with_idle_timeout(node_config: Path, seconds: float) -> Path:
     return node_config
 
 
-class SilentPacs:
+class SilentPacs(FindScp):
     """Accepts the association and the C-FIND, then sends nothing for `silence` seconds."""
+
+    ae_title = "SILENT"
 
     def __init__(self, silence: float) -> None:
         self.silence = silence
-        self.port = free_port()
-        ae = AE(ae_title="SILENT")
-        ae.add_supported_context(FIND_MODEL)
-        ae.add_supported_context(VERIFICATION)
-        self.server = ae.start_server(("127.0.0.1", self.port), block=False,
-                                      evt_handlers=[(evt.EVT_C_FIND, self.on_find)])  # fmt: skip
+        super().__init__()
 
     def on_find(self, event: Any) -> Iterator[tuple[int, Dataset | None]]:
         time.sleep(self.silence)
@@ -49,7 +47,7 @@ class SilentPacs:
 def test_a_silent_pacs_is_given_up_after_the_idle_timeout(make_node: NodeFactory) -> None:
     pacs = SilentPacs(silence=6)
     try:
-        node = make_node({"silent": {"ae_title": "SILENT", "host": "127.0.0.1", "port": pacs.port}})
+        node = make_node({"silent": pacs.peer()})
         config = _with_idle_timeout(node.config_path, 1)  # type: ignore[attr-defined]
         quick = build_node(load_settings(config))
         started = time.monotonic()
@@ -58,7 +56,7 @@ def test_a_silent_pacs_is_given_up_after_the_idle_timeout(make_node: NodeFactory
         assert time.monotonic() - started < 6, "three attempts of ~1 s idle each, not the PACS's 6 s silence"
         quick.close()
     finally:
-        pacs.server.shutdown()
+        pacs.stop()
 
 
 def test_a_transfer_longer_than_the_idle_timeout_completes(
