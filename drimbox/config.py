@@ -130,6 +130,7 @@ class StoreSettings(_Section):
     """Where instance files, the SQLite index and work files live."""
 
     folder: Path = Path("data")
+    fsync: bool = Field(default=False, description="fsync each instance before it enters the store")
 
 
 class IndexSettings(_Section):

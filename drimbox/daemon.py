@@ -138,7 +138,7 @@ def build_node(settings: Settings) -> Node:
     elif db.current_revision(engine) != db.head_revision():
         raise DrimboxError("the index database is not up to date: run `drimbox db upgrade`")
     index = IndexRepository(engine)
-    store = InstanceStore(settings.store.folder)
+    store = InstanceStore(settings.store.folder, settings.store.fsync)
     audit = LogAuditTrail(settings.store.folder)
     intake = InstanceIntake(store, index, audit)
     storage = StorageHandler(intake)
@@ -155,7 +155,7 @@ def build_worker_retriever(settings: Settings) -> Retriever:
     """What a retrieval worker process runs: the same store, index and audit trail, no listener."""
     engine = db.make_engine(settings.database_url)
     index = IndexRepository(engine)
-    store = InstanceStore(settings.store.folder)
+    store = InstanceStore(settings.store.folder, settings.store.fsync)
     audit = LogAuditTrail(settings.store.folder)
     storage = StorageHandler(InstanceIntake(store, index, audit))
     connector = PeerConnector(settings.dimse, dict(settings.pacs))

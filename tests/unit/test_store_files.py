@@ -1,0 +1,53 @@
+"""The instance store on its own: completeness check, atomic placement, cleanup of transfers."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from drimbox.errors import InvalidInstance
+from drimbox.store.files import InstanceStore
+from tests.support.datasets import CT, StudySpec, write_study
+
+
+@pytest.mark.parametrize("fsync", [False, True])
+def test_admit_places_a_checked_file(tmp_path: Path, fsync: bool) -> None:
+    store = InstanceStore(tmp_path / "data", fsync=fsync)
+    [source] = write_study(StudySpec(series=[(CT, "CT", 1)]), tmp_path / "src")
+    received = store.incoming / "cstore-x.dcm"
+    received.write_bytes(source.read_bytes())
+    inspected = store.inspect(received)
+    final = store.admit(received, inspected)
+    assert final == store.path_for(inspected.study_uid, inspected.series_uid, inspected.sop_uid)
+    assert final.read_bytes() == source.read_bytes() and not received.exists()
+
+
+def test_truncated_pixel_data_is_refused(tmp_path: Path) -> None:
+    store = InstanceStore(tmp_path / "data")
+    [source] = write_study(StudySpec(series=[(CT, "CT", 1)], rows=64, columns=64), tmp_path / "src")
+    source.write_bytes(source.read_bytes()[:-100])
+    with pytest.raises(InvalidInstance, match="truncated"):
+        store.inspect(source)
+
+
+def test_clean_incoming_spares_live_transfers(tmp_path: Path) -> None:
+    store = InstanceStore(tmp_path / "data")
+    old, live = store.incoming / "cstore-old.dcm", store.incoming / "cstore-live.dcm"
+    old.write_bytes(b"x")
+    live.write_bytes(b"y")
+    past = time.time() - 600
+    os.utime(old, (past, past))
+    assert store.clean_incoming(older_than=300) == 1
+    assert not old.exists() and live.exists()
+    assert store.clean_incoming() == 1
+
+
+def test_remove_never_leaves_the_store(tmp_path: Path) -> None:
+    store = InstanceStore(tmp_path / "data")
+    outside = tmp_path / "precious.txt"
+    outside.write_text("keep")
+    store.remove([str(outside), str(store.root / ".." / ".." / "precious.txt")])
+    assert outside.exists()
