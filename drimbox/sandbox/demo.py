@@ -32,6 +32,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _check_port_free(port: int) -> None:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            raise DrimboxError(f"port {port} is in use; pick another one: ./run demo --http-port 9000") from None
+
+
 def write_demo_config(data: Path, http_port: int, dimse_port: int, pacs_port: int) -> Path:
     """The demo's own configuration: demo mode, loopback only, the demo PACS as only peer."""
     path = data / "drimbox.toml"
@@ -153,6 +161,7 @@ def run_demo(data: Path, samples: Path, http_port: int, wait: bool = True) -> in
     files = sorted(p for p in samples.rglob("*.dcm") if p.is_file())
     if not files:
         raise DrimboxError(f"no DICOM files under {samples}; run from the repository root")
+    _check_port_free(http_port)
     data = data.resolve()
     data.mkdir(parents=True, exist_ok=True)
     dimse_port, pacs_port = free_port(), free_port()

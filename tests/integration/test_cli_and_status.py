@@ -144,3 +144,17 @@ def test_index_summary_dates(orthanc: Orthanc, study_in_orthanc: StudySpec, make
     assert outside.studies_seen == 0
     inside = node.index_peer("main", date(2026, 11, 20), date(2026, 11, 20))
     assert inside.studies_seen == 1
+
+
+def test_demo_on_a_busy_port_says_so(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = drimbox("demo", "--data", str(tmp_path / "demo"), "--http-port", str(port))
+    assert result.returncode == 1
+    assert (
+        result.stderr.strip() == f"drimbox: error: port {port} is in use; pick another one: ./run demo --http-port 9000"
+    )
