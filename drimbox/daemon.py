@@ -130,36 +130,45 @@ class Node:
         }
 
 
+@dataclass(frozen=True)
+class _Core:
+    """What the daemon and each retrieval worker process share: index, store, audit, DIMSE client."""
+
+    index: IndexRepository
+    store: InstanceStore
+    audit: LogAuditTrail
+    storage: StorageHandler
+    connector: PeerConnector
+
+    @classmethod
+    def open(cls, settings: Settings) -> _Core:
+        index = IndexRepository(db.make_engine(settings.database_url))
+        store = InstanceStore(settings.store.folder, settings.store.fsync)
+        audit = LogAuditTrail(settings.store.folder)
+        storage = StorageHandler(InstanceIntake(store, index, audit))
+        return cls(index, store, audit, storage, PeerConnector(settings.dimse, dict(settings.pacs)))
+
+
 def build_node(settings: Settings) -> Node:
     """Open the index (migrating it when allowed), the store and the DIMSE parts."""
-    engine = db.make_engine(settings.database_url)
+    core = _Core.open(settings)
+    engine = core.index.engine
     if settings.database.auto_upgrade:
         db.upgrade(engine)
     elif db.current_revision(engine) != db.head_revision():
         raise DrimboxError("the index database is not up to date: run `drimbox db upgrade`")
-    index = IndexRepository(engine)
-    store = InstanceStore(settings.store.folder, settings.store.fsync)
-    audit = LogAuditTrail(settings.store.folder)
-    intake = InstanceIntake(store, index, audit)
-    storage = StorageHandler(intake)
-    connector = PeerConnector(settings.dimse, dict(settings.pacs))
-    scp = StoreServer(settings.dimse, storage, dict(settings.pacs), audit)
+    scp = StoreServer(settings.dimse, core.storage, dict(settings.pacs), core.audit)
     processes = max((peer.retrieve_processes for peer in settings.pacs.values()), default=1)
     pool = WorkerPool(settings, build_worker_retriever, processes) if processes > 1 else None
-    retriever = Retriever(settings, connector, storage, index, audit, scp, pool)
-    indexer = PacsIndexer(connector, index, store, audit)
-    return Node(settings, index, store, connector, storage, scp, retriever, indexer)
+    retriever = Retriever(settings, core.connector, core.storage, core.index, core.audit, scp, pool)
+    indexer = PacsIndexer(core.connector, core.index, core.store, core.audit)
+    return Node(settings, core.index, core.store, core.connector, core.storage, scp, retriever, indexer)
 
 
 def build_worker_retriever(settings: Settings) -> Retriever:
     """What a retrieval worker process runs: the same store, index and audit trail, no listener."""
-    engine = db.make_engine(settings.database_url)
-    index = IndexRepository(engine)
-    store = InstanceStore(settings.store.folder, settings.store.fsync)
-    audit = LogAuditTrail(settings.store.folder)
-    storage = StorageHandler(InstanceIntake(store, index, audit))
-    connector = PeerConnector(settings.dimse, dict(settings.pacs))
-    return Retriever(settings, connector, storage, index, audit)
+    core = _Core.open(settings)
+    return Retriever(settings, core.connector, core.storage, core.index, core.audit)
 
 
 def build_app(node: Node) -> FastAPI:
