@@ -65,6 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     retrieve.add_argument("study_uid")
     retrieve.add_argument("--series", help="only this SeriesInstanceUID")
     retrieve.add_argument("--peer", help="peer to retrieve from (default: where the index found it)")
+    retrieve.add_argument("--quiet", action="store_true", help="no progress bar")
     retrieve.set_defaults(run=cmd_retrieve)
 
     status = sub.add_parser("status", help="index counts and peer reachability")
@@ -156,6 +157,8 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_retrieve(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
     from drimbox.daemon import build_node
 
     node = build_node(_settings(args))
@@ -169,9 +172,18 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
                 f"cannot listen on {node.settings.dimse.bind}:{node.settings.dimse.port} to receive the "
                 f"C-MOVE ({exc.strerror}); is `drimbox serve` running?"
             ) from None
+    known = sum(len(uids) for uids in node.index.instances_by_series(args.study_uid, args.series).values())
+    bar = None if args.quiet else tqdm(total=known or None, desc="retrieving", unit="inst", file=sys.stderr)
+
+    def progress(admitted: object) -> None:
+        if bar is not None:
+            bar.update(1)
+
     try:
-        report = node.retriever.retrieve(args.study_uid, args.series, peer=peer)
+        report = node.retriever.retrieve(args.study_uid, args.series, peer=peer, on_instance=progress)
     finally:
+        if bar is not None:
+            bar.close()
         node.close()
     rate = report.bytes / 1e6 / report.seconds if report.seconds else 0.0
     print(

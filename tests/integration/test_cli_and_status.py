@@ -49,6 +49,7 @@ def test_echo_index_retrieve_status_commands(orthanc: Orthanc, study_in_orthanc:
     retrieve = drimbox("--config", str(config), "retrieve", study_in_orthanc.study_uid)
     assert retrieve.returncode == 0, retrieve.stderr
     assert retrieve.stdout.startswith("4 instances stored") and "by C-GET from main" in retrieve.stdout
+    assert "retrieving: 100%" in retrieve.stderr and "4/4" in retrieve.stderr  # the progress bar
 
     status = drimbox("--config", str(config), "status", "--json")
     state = json.loads(status.stdout)
