@@ -230,10 +230,12 @@ def _watch_idle(assoc: Association, peer_name: str) -> None:
             if assoc.dul.idle_timer_expired():
                 log.warning("association idle, aborted", extra={"event": "dimse.idle_abort", "peer": peer_name})
                 assoc.abort()
-                # abort() from this thread stops the DUL before it can wake a waiting request
-                assoc.dimse.msg_queue.put((None, None))
-                return
+                break
             time.sleep(0.1)
+        # However the association ended (idle abort here, or pynetdicom's DUL thread dying on an
+        # exception, which aborts without telling a waiting request), wake a request still waiting:
+        # it reads this as "association lost". After a normal release nobody reads it.
+        assoc.dimse.msg_queue.put((None, None))
 
     threading.Thread(target=watch, name=f"idle-{peer_name}", daemon=True).start()
 
