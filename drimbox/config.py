@@ -57,12 +57,33 @@ class SiteSettings(_Section):
     name: str = Field(min_length=1)
 
 
+class TlsSettings(_Section):
+    """TLS on our HTTP listener, so the box can face the network without a separate proxy.
+
+    `client_ca` set means mutual TLS: a client must present a certificate chaining to it (the
+    DRIM-M operators' IGC-Santé ORG certificates).
+    """
+
+    certificate: Path | None = None
+    key: Path | None = None
+    client_ca: Path | None = None
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsSettings:
+        if (self.certificate is None) != (self.key is None):
+            raise ValueError("http.tls: give both certificate and key, or neither")
+        if self.client_ca is not None and self.certificate is None:
+            raise ValueError("http.tls.client_ca: requires certificate and key (mutual TLS is TLS first)")
+        return self
+
+
 class HttpSettings(_Section):
     """The HTTP listener (status, later DICOMweb) and the URL others use to reach it."""
 
     bind: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
     public_base_url: str
+    tls: TlsSettings = TlsSettings()
 
     _bind_ip = field_validator("bind")(lambda cls, v: _check_ip(v))
 
@@ -72,6 +93,48 @@ class HttpSettings(_Section):
         if not value.startswith(("https://", "http://")) or "?" in value or "#" in value:
             raise ValueError("must be an absolute http(s) URL without query or fragment")
         return value.rstrip("/")
+
+
+class AuthSettings(_Section):
+    """How a bearer token is checked (DRIM-M A7) and how the KOS binds it to a study (A8).
+
+    `verifier = "introspection"` asks the Pro Santé Connect introspection endpoint (RFC 7662),
+    authenticating with our ORG_AUTH_CLI certificate (RFC 8705) or a client secret;
+    `verifier = "jwks"` validates signed JWTs against the provider's published keys.
+    """
+
+    verifier: Literal["introspection", "jwks"] = "introspection"
+    introspection_url: str = ""
+    client_id: str = ""
+    client_secret: str = ""
+    client_certificate: Path | None = None
+    client_key: Path | None = None
+    ca_bundle: Path | None = None
+    jwks_url: str = ""
+    issuer: str = ""
+    audience: str = ""
+    cache_seconds: float = Field(default=60, ge=0, description="longest a verdict is reused; never past expiry")
+    timeout_seconds: float = Field(default=5, gt=0)
+    kos_mismatch_status: Literal[403, 404] = 404
+
+    @model_validator(mode="after")
+    def _complete(self) -> AuthSettings:
+        if self.verifier == "introspection" and not self.introspection_url:
+            raise ValueError('auth.introspection_url: required when verifier = "introspection"')
+        if self.verifier == "jwks" and not (self.jwks_url and self.issuer):
+            raise ValueError('auth.jwks_url and auth.issuer: required when verifier = "jwks"')
+        if (self.client_certificate is None) != (self.client_key is None):
+            raise ValueError("auth.client_certificate and auth.client_key: give both or neither")
+        return self
+
+
+class DicomwebSettings(_Section):
+    """The DICOMweb service (QIDO-RS, WADO-RS) remote readers use."""
+
+    prefix: str = Field(default="/dicom-web", pattern=r"^(/[A-Za-z0-9._-]+)+$")
+    default_limit: int = Field(default=100, ge=1, le=100_000)
+    max_limit: int = Field(default=1000, ge=1, le=100_000)
+    workers: int = Field(default=1, ge=1, le=64, description="uvicorn worker processes")
 
 
 class DimseSettings(_Section):
@@ -131,6 +194,8 @@ class StoreSettings(_Section):
 
     folder: Path = Path("data")
     fsync: bool = Field(default=False, description="fsync each instance before it enters the store")
+    max_bytes: int = Field(default=0, ge=0, description="cache bound on instance files; 0 = unbounded")
+    eviction: Literal["lru"] = "lru"
 
 
 class IndexSettings(_Section):
@@ -155,6 +220,8 @@ class Settings(BaseSettings):
     database: DatabaseSettings = DatabaseSettings()
     store: StoreSettings = StoreSettings()
     index: IndexSettings = IndexSettings()
+    auth: AuthSettings
+    dicomweb: DicomwebSettings = DicomwebSettings()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @classmethod
@@ -173,6 +240,11 @@ class Settings(BaseSettings):
     def _production_rules(self) -> Settings:
         if self.mode == "production" and not self.http.public_base_url.startswith("https://"):
             raise ValueError('http.public_base_url: must be https in production (mode = "demo" allows http)')
+        if self.mode == "production":
+            for key in ("introspection_url", "jwks_url"):
+                url = getattr(self.auth, key)
+                if url and not url.startswith("https://"):
+                    raise ValueError(f'auth.{key}: must be https in production (mode = "demo" allows http)')
         for name, peer in self.pacs.items():
             if peer.ae_title == self.dimse.ae_title:
                 raise ValueError(f"pacs.{name}.ae_title: must differ from dimse.ae_title")
@@ -217,11 +289,22 @@ def load_settings(path: Path | None = None) -> Settings:
 
 
 def _resolve_paths(settings: Settings, base: Path) -> Settings:
-    folder = settings.store.folder
-    if folder.is_absolute():
-        return settings
-    store = settings.store.model_copy(update={"folder": (base / folder).resolve()})
-    return settings.model_copy(update={"store": store})
+    def resolved(section: _Section, *keys: str) -> Any:
+        updates = {}
+        for key in keys:
+            value = getattr(section, key)
+            if isinstance(value, Path) and not value.is_absolute():
+                updates[key] = (base / value).resolve()
+        return section.model_copy(update=updates)
+
+    tls = resolved(settings.http.tls, "certificate", "key", "client_ca")
+    return settings.model_copy(
+        update={
+            "store": resolved(settings.store, "folder"),
+            "http": settings.http.model_copy(update={"tls": tls}),
+            "auth": resolved(settings.auth, "client_certificate", "client_key", "ca_bundle"),
+        }
+    )
 
 
 def _explain(exc: ValidationError, file: Path) -> str:

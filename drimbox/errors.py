@@ -53,3 +53,15 @@ class QueryFailed(DimseError):
 
 class RetrieveFailed(DimseError):
     """A C-GET or C-MOVE ended with failures or the association broke during it."""
+
+
+class AccessDenied(DrimboxError):
+    """A request may not have what it asks for (HTTP 401/403/404 at the DICOMweb boundary)."""
+
+
+class TokenRejected(AccessDenied):
+    """The bearer token is missing, malformed, expired, inactive or forged (HTTP 401)."""
+
+
+class VerifierUnavailable(DrimboxError):
+    """The token verifier (introspection endpoint, JWKS) cannot be reached or answers nonsense (HTTP 503)."""

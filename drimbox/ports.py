@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -41,3 +41,27 @@ class StudySource(Protocol):
     def fetch_study(self, study_uid: str) -> Iterator[Path]:
         """Yield each instance file of the study as soon as it is on disk."""
         ...
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The professional a verified bearer token speaks for.
+
+    `subject` is the PSC SubjectNameID (or `sub`); `expires_at` (epoch seconds) bounds how long
+    a verdict may be cached; `claims` keeps the rest (e.g. `SubjectRefPro`) for the audit trail.
+    """
+
+    subject: str
+    client_id: str = ""
+    expires_at: float | None = None
+    claims: Mapping[str, object] = field(default_factory=dict)
+
+
+class TokenVerifier(Protocol):
+    """Checks a bearer token (DRIM-M A7): introspection at Pro Santé Connect, or JWT + JWKS.
+
+    Raises `TokenRejected` for a token that is not valid now, `VerifierUnavailable` when it cannot
+    tell (the provider is down): the caller answers 401 for one and 503 for the other.
+    """
+
+    def verify(self, token: str) -> Principal: ...

@@ -57,6 +57,8 @@ def write_config(
     http_port: int,
     database_url: str | None = None,
     accept_from: tuple[str, ...] = (),
+    auth: dict[str, Any] | None = None,
+    extra: str = "",
 ) -> Path:
     """A demo-mode configuration file for a test node."""
     lines = [
@@ -81,6 +83,11 @@ def write_config(
     ]
     if database_url:
         lines += ["[database]", f'url = "{database_url}"']
+    lines.append("[auth]")
+    for key, value in (auth or {"introspection_url": "http://127.0.0.1:9/introspect"}).items():
+        lines.append(f"{key} = {value!r}".replace("'", '"'))
+    if extra:
+        lines.append(extra)
     for name, peer in peers.items():
         lines.append(f"[pacs.{name}]")
         for key, value in peer.items():

@@ -103,3 +103,17 @@ class Instance(Base):
     last_access: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     series: Mapped[Series] = relationship(back_populates="instances")
+
+
+class KosGrant(Base):
+    """A KOS manifest we published for a study: holding its UID is what opens the study (DRIM-M A8).
+
+    A remote box sends the KOS's SOP Instance UID in `KOS-SOPInstanceUID`; publication fills this
+    table. One study may have several KOS (a replaced report publishes a new one).
+    """
+
+    __tablename__ = "kos_grant"
+
+    kos_sop_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    study_uid: Mapped[str] = mapped_column(String(64), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -21,7 +21,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from drimbox.index.models import Instance, Patient, Series, Study
+from drimbox.index.models import Instance, KosGrant, Patient, Series, Study
 from drimbox.index.records import (
     InstanceEntry,
     InstanceRecord,
@@ -323,6 +323,35 @@ class IndexRepository:
                 )
                 for study, series, i in session.execute(query)
             ]
+
+    # --- KOS grants (DRIM-M A8) ------------------------------------------------------------
+
+    def grant_kos(self, kos_sop_uid: str, study_uid: str) -> None:
+        """Record that the KOS `kos_sop_uid` we published opens `study_uid` (publication calls this)."""
+
+        def work(session: Session) -> None:
+            grant = session.get(KosGrant, kos_sop_uid)
+            if grant is None:
+                session.add(KosGrant(kos_sop_uid=kos_sop_uid, study_uid=study_uid, created_at=datetime.now(UTC)))
+            else:
+                grant.study_uid = study_uid
+
+        self._write(work)
+
+    def revoke_kos(self, kos_sop_uid: str) -> None:
+        """Forget a KOS (its publication was deleted or replaced): it no longer opens its study."""
+
+        def work(session: Session) -> None:
+            grant = session.get(KosGrant, kos_sop_uid)
+            if grant is not None:
+                session.delete(grant)
+
+        self._write(work)
+
+    def study_of_kos(self, kos_sop_uid: str) -> str | None:
+        """The study a KOS we published opens, or None when we never published it."""
+        with self.session() as session:
+            return session.scalar(select(KosGrant.study_uid).where(KosGrant.kos_sop_uid == kos_sop_uid))
 
     def counts(self) -> IndexCounts:
         with self.session() as session:

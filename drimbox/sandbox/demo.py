@@ -71,6 +71,13 @@ retrieve = "c-get"
 [store]
 folder = "."
 
+[auth]
+# The sandbox's Pro Santé Connect stand-in, started by `drimbox demo` beside the daemon.
+verifier = "introspection"
+introspection_url = "http://127.0.0.1:{http_port + 1}/introspect"
+client_id = "drimbox-demo"
+client_secret = "demo-secret"
+
 [index]
 window_days = 36500
 interval_minutes = 5

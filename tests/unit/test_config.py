@@ -22,6 +22,8 @@ public_base_url = "http://127.0.0.1:8080/"
 ae_title = "ORTHANC"
 host = "127.0.0.1"
 port = 4242
+[auth]
+introspection_url = "http://127.0.0.1:9000/introspect"
 """
 
 
