@@ -18,7 +18,12 @@ from fastapi import FastAPI
 
 from drimbox import __version__
 from drimbox.audit.log import LogAuditTrail
+from drimbox.auth.factory import make_verifier
 from drimbox.config import Settings
+from drimbox.dicomweb import problems
+from drimbox.dicomweb.fetching import RetrievalHub
+from drimbox.dicomweb.guard import kos_guard
+from drimbox.dicomweb.wado import NoTranscoder, Wado, wado_router
 from drimbox.dimse.connection import PeerConnector
 from drimbox.dimse.indexer import IndexReport, PacsIndexer, Progress
 from drimbox.dimse.parallel import WorkerPool
@@ -28,6 +33,7 @@ from drimbox.dimse.storage import StorageHandler
 from drimbox.errors import DrimboxError
 from drimbox.index import db
 from drimbox.index.repository import IndexRepository
+from drimbox.ports import AuditTrail, TokenVerifier
 from drimbox.status.routes import status_router
 from drimbox.store.files import InstanceStore
 from drimbox.store.intake import InstanceIntake
@@ -57,6 +63,8 @@ class Node:
     scp: StoreServer
     retriever: Retriever
     indexer: PacsIndexer
+    audit: AuditTrail
+    wado: Wado
     started: float = field(default_factory=time.time)
     peer_health: dict[str, PeerHealth] = field(default_factory=dict)
     last_indexing: dict[str, Any] = field(default_factory=dict)
@@ -145,7 +153,7 @@ class _Core:
         index = IndexRepository(db.make_engine(settings.database_url))
         store = InstanceStore(settings.store.folder, settings.store.fsync)
         audit = LogAuditTrail(settings.store.folder)
-        storage = StorageHandler(InstanceIntake(store, index, audit))
+        storage = StorageHandler(InstanceIntake(store, index, audit, public_prefix(settings)))
         return cls(index, store, audit, storage, PeerConnector(settings.dimse, dict(settings.pacs)))
 
 
@@ -162,7 +170,15 @@ def build_node(settings: Settings) -> Node:
     pool = WorkerPool(settings, build_worker_retriever, processes) if processes > 1 else None
     retriever = Retriever(settings, core.connector, core.storage, core.index, core.audit, scp, pool)
     indexer = PacsIndexer(core.connector, core.index, core.store, core.audit)
-    return Node(settings, core.index, core.store, core.connector, core.storage, scp, retriever, indexer)
+    wado = Wado(core.index, RetrievalHub(retriever), core.audit, public_prefix(settings), NoTranscoder(), core.store.incoming)
+    return Node(
+        settings, core.index, core.store, core.connector, core.storage, scp, retriever, indexer, core.audit, wado
+    )
+
+
+def public_prefix(settings: Settings) -> str:
+    """The absolute URL of our DICOMweb service, from configuration only (never a Host header)."""
+    return settings.http.public_base_url + settings.dicomweb.prefix
 
 
 def build_worker_retriever(settings: Settings) -> Retriever:
@@ -171,10 +187,15 @@ def build_worker_retriever(settings: Settings) -> Retriever:
     return Retriever(settings, core.connector, core.storage, core.index, core.audit)
 
 
-def build_app(node: Node) -> FastAPI:
-    """The HTTP application: status pages now, DICOMweb later."""
+def build_app(node: Node, verifier: TokenVerifier | None = None) -> FastAPI:
+    """The HTTP application: status pages, and DICOMweb behind bearer token + KOS checks."""
+    settings = node.settings
     app = FastAPI(title="drimbox", version=__version__, docs_url=None, redoc_url=None)
+    problems.install(app)
     app.include_router(status_router(node.snapshot))
+    authorize = kos_guard(verifier or make_verifier(settings.auth), node.index.study_of_kos, node.audit,
+                          settings.auth.kos_mismatch_status)  # fmt: skip
+    app.include_router(wado_router(node.wado, authorize), prefix=settings.dicomweb.prefix)
     return app
 
 

@@ -299,6 +299,31 @@ class IndexRepository:
                         found[sop_class].add(syntax)
             return found
 
+    def study_known(self, study_uid: str) -> bool:
+        with self.session() as session:
+            return session.scalar(select(Study.id).where(Study.study_uid == study_uid)) is not None
+
+    def series_known(self, study_uid: str, series_uid: str) -> bool:
+        with self.session() as session:
+            query = select(Series.id).join(Study).where(Study.study_uid == study_uid, Series.series_uid == series_uid)
+            return session.scalar(query) is not None
+
+    def held_one(self, sop_uid: str) -> HeldInstance | None:
+        """One instance by SOP Instance UID, when its file is in our store."""
+        with self.session() as session:
+            query = (
+                select(Study.study_uid, Series.series_uid, Instance)
+                .join(Series, Instance.series_pk == Series.id)
+                .join(Study, Series.study_pk == Study.id)
+                .where(Instance.sop_uid == sop_uid, Instance.file_path.is_not(None))
+            )
+            row = session.execute(query).first()
+            if row is None:
+                return None
+            study, series, i = row
+            return HeldInstance(study, series, i.sop_uid, i.sop_class_uid, i.transfer_syntax_uid,
+                                i.file_path or "", i.file_size or 0)  # fmt: skip
+
     def held(self, study_uid: str, series_uid: str | None = None) -> list[HeldInstance]:
         """Instances of a study (or series) whose file is in our store."""
         with self.session() as session:

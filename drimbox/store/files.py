@@ -129,6 +129,8 @@ class InstanceStore:
             path = Path(name).resolve()
             if path.is_relative_to(root):
                 path.unlink(missing_ok=True)
+                path.with_suffix(".meta.gz").unlink(missing_ok=True)
+                path.with_suffix(".frames.json").unlink(missing_ok=True)
 
 
 def _check_within(elem: object, size: int) -> None:

@@ -15,6 +15,7 @@ from drimbox.errors import InstanceMismatch, InvalidInstance
 from drimbox.index.records import InstanceEntry, StoredFile
 from drimbox.index.repository import IndexRepository
 from drimbox.ports import AuditEvent, AuditTrail
+from drimbox.store import metadata
 from drimbox.store.files import InspectedFile, InstanceStore
 
 log = logging.getLogger(__name__)
@@ -34,10 +35,13 @@ def _entry(inspected: InspectedFile, final: Path) -> InstanceEntry:
 class InstanceIntake:
     """Admits received instance files into the store and the index."""
 
-    def __init__(self, store: InstanceStore, index: IndexRepository, audit: AuditTrail) -> None:
+    def __init__(
+        self, store: InstanceStore, index: IndexRepository, audit: AuditTrail, public_prefix: str = ""
+    ) -> None:
         self.store = store
         self.index = index
         self.audit = audit
+        self.public_prefix = public_prefix
 
     def admit(
         self,
@@ -76,6 +80,7 @@ class InstanceIntake:
             if not replacing:
                 final.unlink(missing_ok=True)
             raise
+        self._describe(final, inspected)
         self.audit.record(
             AuditEvent(
                 "instance.stored",
@@ -86,3 +91,16 @@ class InstanceIntake:
             )
         )
         return entry
+
+    def _describe(self, final: Path, inspected: InspectedFile) -> None:
+        """Write the instance's WADO-RS metadata now, so no request ever parses the file for it.
+
+        A failure here does not refuse the instance: the metadata is computed on first request.
+        """
+        if not self.public_prefix:
+            return
+        base = metadata.instance_base(self.public_prefix, inspected.study_uid, inspected.series_uid, inspected.sop_uid)
+        try:
+            metadata.write_sidecar(final, inspected.dataset, base, self.store.incoming)
+        except Exception as exc:
+            log.warning("metadata not written", extra={"event": "metadata.failed", "reason": str(exc)})

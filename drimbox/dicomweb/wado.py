@@ -1,0 +1,246 @@
+"""WADO-RS (PS3.18 §10.4): instances, metadata, as stored or transcoded, streamed from our store.
+
+Instances we hold are sent straight from their files; the others are fetched from the PACS
+on demand and each is sent as soon as it has landed (`fetching.py`). The first part is found
+before the response starts, so an unknown or unreachable study still gets a proper status.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import tempfile
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import StreamingResponse
+
+from drimbox.dicomweb import multipart
+from drimbox.dicomweb.accept import NotAcceptable, SyntaxChoice, accepts_json, dicom_syntaxes, parse_accept
+from drimbox.dicomweb.access import AccessScope
+from drimbox.dicomweb.fetching import RetrievalHub
+from drimbox.dicomweb.problems import Problem
+from drimbox.index.repository import HeldInstance, IndexRepository
+from drimbox.ports import AuditEvent, AuditTrail
+from drimbox.store import metadata
+from drimbox.uids import checked_uid
+
+log = logging.getLogger(__name__)
+
+DICOM = "application/dicom"
+DICOM_JSON = "application/dicom+json"
+_SPOOL = 8 << 20
+
+
+class Transcoder(Protocol):
+    """Writes an instance in another transfer syntax (lossless unless the caller allows lossy)."""
+
+    def can(self, stored: str, target: str) -> bool: ...
+
+    def write(self, path: Path, target: str, out: BinaryIO) -> None: ...
+
+
+class NoTranscoder:
+    """Serves instances only as stored."""
+
+    def can(self, stored: str, target: str) -> bool:
+        return False
+
+    def write(self, path: Path, target: str, out: BinaryIO) -> None:
+        raise NotAcceptable("transcoding is not available")
+
+
+@dataclass
+class Wado:
+    """What WADO-RS reads from: the index, the store's files, the PACS through the hub."""
+
+    index: IndexRepository
+    hub: RetrievalHub
+    audit: AuditTrail
+    public_prefix: str
+    transcoder: Transcoder
+    work_folder: Path | None = None  # where partial files go (the store's incoming/)
+    prefer_client_syntax: bool = False
+
+    # --- which instances, from where ---------------------------------------------------
+
+    def instances(self, study: str, series: str | None = None, sop: str | None = None) -> Iterator[HeldInstance]:
+        """The instances asked for: those we hold at once, then the others as they arrive from the PACS."""
+        known = self.index.instance_uids(study, series)
+        if not known and not self._known(study, series):
+            raise Problem(404, "no such study or series on this box")
+        if sop is not None and sop not in known:
+            raise Problem(404, "no such instance in this series")
+        sent: set[str] = set()
+        for held in self.index.held(study, series):
+            if (sop is None or held.sop_uid == sop) and Path(held.path).is_file():
+                sent.add(held.sop_uid)
+                yield held
+        if (known if sop is None else {sop}) <= sent:
+            return
+        for path in self.hub.follow(study, series):
+            uid = path.stem
+            if uid in sent or (sop is not None and uid != sop):
+                continue
+            landed = self.index.held_one(uid)
+            if landed is not None:
+                sent.add(uid)
+                yield landed
+                if sop is not None:
+                    return
+
+    def _known(self, study: str, series: str | None) -> bool:
+        return self.index.series_known(study, series) if series else self.index.study_known(study)
+
+    # --- retrieve instances --------------------------------------------------------------
+
+    def retrieve(self, request: Request, scope: AccessScope, study: str, series: str | None = None,
+                 sop: str | None = None) -> StreamingResponse:  # fmt: skip
+        choice = dicom_syntaxes(parse_accept(request.headers.get("accept")))
+        parts = self.instances(study, series, sop)
+        first = next(parts, None)
+        if first is None:
+            raise Problem(404 if sop else 502, "the PACS did not deliver the instances asked for; retry later")
+        first_syntax = self._syntax(choice, first)  # 406 before anything is sent
+        boundary = multipart.new_boundary()
+        self.audit.record(AuditEvent("dicomweb.retrieve", scope.subject, study_uid=study,
+                                     detail={"series_uid": series or "", "sop_uid": sop or ""}))  # fmt: skip
+
+        def body() -> Iterator[bytes]:
+            yield from self._part(boundary, first, first_syntax)
+            for held in parts:
+                try:
+                    syntax = self._syntax(choice, held)
+                except NotAcceptable as exc:
+                    log.warning("instance skipped", extra={"event": "wado.skipped", "reason": str(exc)})
+                    continue
+                yield from self._part(boundary, held, syntax)
+            yield multipart.closing(boundary)
+
+        return StreamingResponse(_logged(body(), study), media_type=None,
+                                 headers={"Content-Type": multipart.content_type(boundary, DICOM)})  # fmt: skip
+
+    def _syntax(self, choice: SyntaxChoice, held: HeldInstance) -> str:
+        return choice.for_instance(held.transfer_syntax_uid, self.transcoder.can, transcode=self.prefer_client_syntax)
+
+    def _part(self, boundary: str, held: HeldInstance, syntax: str) -> Iterator[bytes]:
+        location = metadata.instance_base(self.public_prefix, held.study_uid, held.series_uid, held.sop_uid)
+        if syntax == held.transfer_syntax_uid:
+            yield from multipart.file_part(boundary, DICOM, Path(held.path), transfer_syntax=syntax, location=location)
+            return
+        with tempfile.SpooledTemporaryFile(max_size=_SPOOL) as spool:
+            self.transcoder.write(Path(held.path), syntax, spool)  # type: ignore[arg-type]
+            length = spool.tell()
+            spool.seek(0)
+            yield multipart.part_header(boundary, DICOM, length, transfer_syntax=syntax, location=location)
+            yield from multipart.file_chunks(spool, length)  # type: ignore[arg-type]
+            yield b"\r\n"
+
+    # --- metadata --------------------------------------------------------------------------
+
+    def metadata(self, request: Request, scope: AccessScope, study: str, series: str | None = None,
+                 sop: str | None = None) -> Response:  # fmt: skip
+        if not accepts_json(parse_accept(request.headers.get("accept"))):
+            raise NotAcceptable("metadata is application/dicom+json; the request accepts neither it nor JSON")
+        sidecars = [self._sidecar(held) for held in self.instances(study, series, sop)]
+        if not sidecars:
+            raise Problem(502, "the PACS did not deliver the instances asked for; retry later")
+        stats = [path.stat() for path in sidecars]
+        etag = _etag([(p.name, s.st_size, s.st_mtime_ns) for p, s in zip(sidecars, stats, strict=True)])
+        headers = {"ETag": etag, "Cache-Control": "private, no-cache", "Vary": "Accept-Encoding"}
+        self.audit.record(AuditEvent("dicomweb.metadata", scope.subject, study_uid=study,
+                                     detail={"series_uid": series or "", "sop_uid": sop or ""}))  # fmt: skip
+        if etag in _etags(request.headers.get("if-none-match")):
+            return Response(status_code=304, headers=headers)
+        if "gzip" in request.headers.get("accept-encoding", "").lower():
+            headers["Content-Encoding"] = "gzip"
+            return StreamingResponse(_gzipped(_plain_array(sidecars)), media_type=DICOM_JSON, headers=headers)
+        return StreamingResponse(_plain_array(sidecars), media_type=DICOM_JSON, headers=headers)
+
+    def _sidecar(self, held: HeldInstance) -> Path:
+        base = metadata.instance_base(self.public_prefix, held.study_uid, held.series_uid, held.sop_uid)
+        return metadata.ensure_sidecar(Path(held.path), base, self.work_folder)
+
+
+def _etag(versions: list[tuple[str, int, int]]) -> str:
+    """A strong validator of the metadata: changes whenever any instance's sidecar does."""
+    return '"' + hashlib.sha256(repr(versions).encode()).hexdigest()[:32] + '"'
+
+
+def _etags(header: str | None) -> set[str]:
+    if not header:
+        return set()
+    return {tag.strip().removeprefix("W/") for tag in header.split(",")}
+
+
+def _gzipped(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """One gzip stream (level 1: fast, and JSON still shrinks about 10 times).
+
+    Concatenating the sidecars' own gzip members would be cheaper, but common clients (httpx
+    among them) decode only the first member of a multi-member body.
+    """
+    packer = zlib.compressobj(1, zlib.DEFLATED, 31)
+    for chunk in chunks:
+        packed = packer.compress(chunk)
+        if packed:
+            yield packed
+    yield packer.flush()
+
+
+def _plain_array(sidecars: list[Path]) -> Iterator[bytes]:
+    yield b"["
+    for number, path in enumerate(sidecars):
+        if number:
+            yield b","
+        yield zlib.decompress(path.read_bytes(), wbits=31)
+    yield b"]"
+
+
+def _logged(body: Iterator[bytes], study: str) -> Iterator[bytes]:
+    """A failure after the response started cannot change its status: log it, and cut the
+    connection (by raising) so the client sees an incomplete body rather than a short study."""
+    try:
+        yield from body
+    except Exception as exc:
+        log.warning("response cut", extra={"event": "wado.cut", "study_uid": study, "reason": str(exc)})
+        raise
+
+
+def wado_router(wado: Wado, authorize: Callable[..., AccessScope]) -> APIRouter:
+    """Routes of WADO-RS retrieve and metadata at study, series and instance level."""
+    router = APIRouter()
+    guard = Depends(authorize)
+
+    @router.get("/studies/{study}", response_class=StreamingResponse)
+    def study_instances(study: str, request: Request, scope: AccessScope = guard) -> Response:
+        return wado.retrieve(request, scope, _uid(study))
+
+    @router.get("/studies/{study}/series/{series}", response_class=StreamingResponse)
+    def series_instances(study: str, series: str, request: Request, scope: AccessScope = guard) -> Response:
+        return wado.retrieve(request, scope, _uid(study), _uid(series))
+
+    @router.get("/studies/{study}/series/{series}/instances/{sop}", response_class=StreamingResponse)
+    def instance(study: str, series: str, sop: str, request: Request, scope: AccessScope = guard) -> Response:
+        return wado.retrieve(request, scope, _uid(study), _uid(series), _uid(sop))
+
+    @router.get("/studies/{study}/metadata")
+    def study_metadata(study: str, request: Request, scope: AccessScope = guard) -> Response:
+        return wado.metadata(request, scope, _uid(study))
+
+    @router.get("/studies/{study}/series/{series}/metadata")
+    def series_metadata(study: str, series: str, request: Request, scope: AccessScope = guard) -> Response:
+        return wado.metadata(request, scope, _uid(study), _uid(series))
+
+    @router.get("/studies/{study}/series/{series}/instances/{sop}/metadata")
+    def instance_metadata(study: str, series: str, sop: str, request: Request, scope: AccessScope = guard) -> Response:
+        return wado.metadata(request, scope, _uid(study), _uid(series), _uid(sop))
+
+    return router
+
+
+def _uid(value: str) -> str:
+    return checked_uid(value, "UID in the path")

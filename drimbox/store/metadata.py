@@ -1,0 +1,119 @@
+"""WADO-RS metadata (DICOM JSON, PS3.18 F.2), computed once per instance and kept gzipped.
+
+The JSON is built when an instance enters the store, from the real file, and written beside it
+as `<sop>.meta.gz`: serving metadata never re-parses a pixel file. Values too large to inline
+(pixel data, big binary elements) become BulkDataURIs built from the configured public base
+URL, never from a request. Each sidecar is one gzip member holding one JSON object, so a
+series' or study's metadata is the concatenation `[`, member, `,`, member, …, `]`, sent as is
+to clients that accept gzip.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.tag import BaseTag
+
+log = logging.getLogger(__name__)
+
+BULK_THRESHOLD = 1024
+_BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
+PIXEL_DATA = 0x7FE00010
+_NATIVE_SYNTAXES = frozenset(
+    {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"}
+)
+_SUFFIX = ".meta.gz"
+
+
+def sidecar(instance_file: Path) -> Path:
+    """Where the metadata of `instance_file` lives."""
+    return instance_file.with_suffix(_SUFFIX)
+
+
+def instance_base(public_prefix: str, study_uid: str, series_uid: str, sop_uid: str) -> str:
+    """The instance's URL under the configured public DICOMweb prefix."""
+    return f"{public_prefix}/studies/{study_uid}/series/{series_uid}/instances/{sop_uid}"
+
+
+def metadata_json(ds: Dataset, base_url: str) -> dict[str, Any]:
+    """The DICOM JSON of `ds` (read with deferred values); bulk values become BulkDataURIs."""
+    result: dict[str, Any] = {}
+    for tag in ds.keys():  # noqa: SIM118 (iterating a Dataset would read deferred values)
+        raw = ds.get_item(tag, keep_deferred=True)
+        key = f"{int(tag):08X}"
+        if raw is None:
+            continue
+        vr = _vr_of(ds, raw, tag)
+        if _is_bulk(raw, vr):
+            result[key] = {"vr": vr, "BulkDataURI": f"{base_url}/bulkdata/{key}"}
+            continue
+        try:
+            element = ds[tag]
+            result[key] = element.to_json_dict(None, BULK_THRESHOLD * 64)
+        except Exception as exc:  # a malformed value must not cost the instance its metadata
+            log.warning("unencodable element", extra={"event": "metadata.element", "tag": key, "reason": str(exc)})
+            result[key] = {"vr": vr}
+    return result
+
+
+def _vr_of(ds: Dataset, raw: DataElement | RawDataElement, tag: BaseTag) -> str:
+    vr = raw.VR
+    if vr and vr not in ("US or SS", "OB or OW", "US or OW", "US or SS or OW"):
+        return str(vr)
+    if int(tag) == PIXEL_DATA:
+        syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
+        native = syntax in _NATIVE_SYNTAXES
+        return "OW" if native and int(ds.get("BitsAllocated", 16)) > 8 else "OB"
+    try:
+        found = dictionary_VR(tag)
+    except KeyError:
+        return "UN"
+    return "OW" if " or " in found else found
+
+
+def _is_bulk(raw: DataElement | RawDataElement, vr: str) -> bool:
+    if isinstance(raw, RawDataElement):
+        if raw.value is None:  # deferred: too big to have been read
+            return True
+        return vr in _BULK_VRS and (raw.length == 0xFFFFFFFF or raw.length > BULK_THRESHOLD)
+    return int(raw.tag) == PIXEL_DATA
+
+
+def encode(metadata: dict[str, Any]) -> bytes:
+    """One gzip member (level 6: metadata is written once and read many times)."""
+    text = json.dumps(metadata, separators=(",", ":"), ensure_ascii=False)
+    return gzip.compress(text.encode("utf-8"), compresslevel=6, mtime=0)
+
+
+def write_sidecar(instance_file: Path, ds: Dataset, base_url: str, work: Path | None = None) -> Path:
+    """Compute and write the metadata of an instance file atomically; return the sidecar path.
+
+    The partial file is written in `work` (the store's incoming/, cleaned at start) so a crash
+    never leaves debris beside the instances.
+    """
+    target = sidecar(instance_file)
+    data = encode(metadata_json(ds, base_url))
+    descriptor, partial = tempfile.mkstemp(dir=work or target.parent, prefix=".", suffix=".part")
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(data)
+    os.replace(partial, target)
+    return target
+
+
+def ensure_sidecar(instance_file: Path, base_url: str, work: Path | None = None) -> Path:
+    """The sidecar of an instance, computed now if it is missing (an older store, a failure at intake)."""
+    target = sidecar(instance_file)
+    if target.exists():
+        return target
+    ds = dcmread(instance_file, defer_size=BULK_THRESHOLD)
+    return write_sidecar(instance_file, ds, base_url, work)

@@ -1,0 +1,199 @@
+"""WADO-RS from our box, with the study only in a real Orthanc: fetch on demand, streamed, shared.
+
+Clients are real: dicomweb-client and httpx over real sockets to a uvicorn server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+from dicomweb_client.api import DICOMwebClient
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from sqlalchemy import select
+
+from drimbox.daemon import Node, build_app
+from drimbox.errors import TokenRejected
+from drimbox.index.models import Instance, Series
+from drimbox.ports import Principal
+from drimbox.sandbox.http import serve_in_thread
+from tests.conftest import NodeFactory, orthanc_peer
+from tests.support.datasets import CT, DBT, MG, StudySpec, write_study
+from tests.support.peers import Orthanc
+
+TOKEN = "test-token-0123456789"
+KOS_UID = "1.2.250.1.999.1.1"
+
+
+class OneTokenVerifier:
+    """Accepts exactly one token: enough to exercise the routes; the PSC sandbox has its own tests."""
+
+    def verify(self, token: str) -> Principal:
+        if token != TOKEN:
+            raise TokenRejected("inactive token")
+        return Principal(subject="810000000001")
+
+
+@dataclass
+class Box:
+    node: Node
+    url: str
+    study_uid: str
+    files: list[Path]
+
+    def headers(self, **extra: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {TOKEN}", "KOS-SOPInstanceUID": KOS_UID, **extra}
+
+
+@pytest.fixture
+def box(tmp_path: Path, orthanc: Orthanc, make_node: NodeFactory) -> Iterator[Box]:
+    spec = StudySpec(series=[(MG, "MG", 4), (CT, "CT", 60), (DBT, "MG", 1)], frames=5, rows=64, columns=48)
+    files = write_study(spec, tmp_path / "study")
+    orthanc.upload(files)
+    node = make_node({"main": orthanc_peer(orthanc)})
+    node.index_peer("main", full=True)
+    node.index.grant_kos(KOS_UID, spec.study_uid)
+    served = serve_in_thread(build_app(node, OneTokenVerifier()))
+    yield Box(node, f"http://127.0.0.1:{served.port}/dicom-web", spec.study_uid, files)
+    served.stop()
+
+
+def _client(box: Box) -> DICOMwebClient:
+    return DICOMwebClient(url=box.url, headers=box.headers())
+
+
+def test_study_retrieved_on_demand_is_byte_identical(box: Box) -> None:
+    assert box.node.index.held(box.study_uid) == []
+    instances = _client(box).retrieve_study(box.study_uid)
+    assert len(instances) == len(box.files)
+    originals = {dcmread(f).SOPInstanceUID: f for f in box.files}
+    for ds in instances:
+        original = dcmread(originals[ds.SOPInstanceUID])
+        assert ds.PixelData == original.PixelData
+        assert ds.PatientName == original.PatientName
+    assert len(box.node.index.held(box.study_uid)) == len(box.files)
+
+
+def test_held_study_served_from_the_store(box: Box) -> None:
+    _client(box).retrieve_study(box.study_uid)
+    started = box.node.wado.hub.started
+    again = _client(box).retrieve_study(box.study_uid)
+    assert len(again) == len(box.files)
+    assert box.node.wado.hub.started == started, "a held study must not be fetched again"
+
+
+def test_series_and_instance_levels_and_drim_m_accept(box: Box) -> None:
+    ds0 = dcmread(box.files[0])
+    accept = (
+        'multipart/related; type="application/dicom";transfer-syntax=1.2.840.10008.1.2.4.70;q=0.9;boundary=**,'
+        'multipart/related; type="application/dicom";transfer-syntax=1.2.840.10008.1.2.1;q=0.4;boundary=**,'
+    )
+    url = f"{box.url}/studies/{box.study_uid}/series/{ds0.SeriesInstanceUID}/instances/{ds0.SOPInstanceUID}"
+    response = httpx.get(url, headers=box.headers(Accept=accept), timeout=30)
+    assert response.status_code == 200
+    content_type = response.headers["content-type"]
+    assert content_type.startswith('multipart/related; type="application/dicom"; boundary=')
+    boundary = content_type.split("boundary=")[1].split(";")[0]
+    body = response.content
+    assert body.startswith(f"--{boundary}\r\n".encode())
+    assert body.endswith(f"--{boundary}--\r\n".encode())
+    head, _, rest = body.partition(b"\r\n\r\n")
+    assert b"Content-Type: application/dicom; transfer-syntax=1.2.840.10008.1.2.1" in head
+    assert (
+        hashlib.sha256(rest[: -len(f"\r\n--{boundary}--\r\n")]).digest()
+        == hashlib.sha256(
+            (box.node.store.path_for(box.study_uid, ds0.SeriesInstanceUID, ds0.SOPInstanceUID)).read_bytes()
+        ).digest()
+    )
+    series = _client(box).retrieve_series(box.study_uid, ds0.SeriesInstanceUID)
+    assert len(series) == 4
+
+
+def test_metadata_is_dicom_json_with_bulk_data_uris_from_configuration(box: Box) -> None:
+    metadata = _client(box).retrieve_study_metadata(box.study_uid)
+    assert len(metadata) == len(box.files)
+    one = Dataset.from_json(metadata[0], bulk_data_uri_handler=lambda tag, vr, uri: b"")
+    assert one.StudyInstanceUID == box.study_uid
+    uri = metadata[0]["7FE00010"]["BulkDataURI"]
+    assert uri.startswith(box.node.settings.http.public_base_url + "/dicom-web/studies/")
+    url = f"{box.url}/studies/{box.study_uid}/metadata"
+    first = httpx.get(url, headers=box.headers(**{"Accept-Encoding": "gzip"}), timeout=30)
+    assert first.status_code == 200 and first.headers["content-encoding"] == "gzip"
+    assert len(first.json()) == len(box.files)
+    again = httpx.get(url, headers=box.headers(**{"If-None-Match": first.headers["etag"]}), timeout=30)
+    assert again.status_code == 304
+    plain = httpx.get(url, headers=box.headers(**{"Accept-Encoding": "identity"}), timeout=30)
+    assert plain.json() == first.json()
+
+
+def test_first_instance_reaches_the_client_before_orthanc_sent_the_last(box: Box) -> None:
+    series_uid = dcmread(next(f for f in box.files if dcmread(f).Modality == "CT")).SeriesInstanceUID
+    first_part: list[datetime] = []
+    url = f"{box.url}/studies/{box.study_uid}/series/{series_uid}"
+    with httpx.stream("GET", url, headers=box.headers(), timeout=60) as response:
+        assert response.status_code == 200
+        for _ in response.iter_bytes():
+            if not first_part:
+                first_part.append(datetime.now(UTC))
+    with box.node.index.session() as session:
+        landed = sorted(session.scalars(select(Instance.stored_at).join(Series).where(Series.series_uid == series_uid)))
+    assert len(landed) == 60
+    assert first_part[0] < _aware(landed[-1]), "the first instance must be sent while later ones still arrive"
+
+
+def _aware(moment: datetime | None) -> datetime:
+    assert moment is not None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def test_two_concurrent_clients_cause_one_retrieval(box: Box) -> None:
+    results: list[int] = []
+
+    def fetch() -> None:
+        results.append(len(_client(box).retrieve_study(box.study_uid)))
+
+    threads = [threading.Thread(target=fetch) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert results == [len(box.files)] * 2
+    assert box.node.wado.hub.started == 1
+
+
+def test_access_control_statuses(box: Box) -> None:
+    url = f"{box.url}/studies/{box.study_uid}/metadata"
+    cases = [
+        ({}, 401),
+        ({"Authorization": "Bearer wrong"}, 401),
+        ({"Authorization": "Basic abc"}, 401),
+        ({"Authorization": f"Bearer {TOKEN}"}, 400),
+        ({"Authorization": f"Bearer {TOKEN}", "KOS-SOPInstanceUID": "not-a-uid"}, 400),
+        ({"Authorization": f"Bearer {TOKEN}", "KOS-SOPInstanceUID": "1.2.3.4"}, 404),
+    ]
+    for headers, status in cases:
+        response = httpx.get(url, headers=headers, timeout=10)
+        assert response.status_code == status, (headers, response.text)
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["status"] == status
+    other_study = httpx.get(f"{box.url}/studies/1.2.3/metadata", headers=box.headers(), timeout=10)
+    assert other_study.status_code == 404
+
+
+def test_bad_input_statuses(box: Box) -> None:
+    base = f"{box.url}/studies/{box.study_uid}"
+    assert httpx.get(f"{box.url}/studies/1.2.abc", headers=box.headers(), timeout=10).status_code == 400
+    assert httpx.get(f"{base}/series/9.9.9", headers=box.headers(), timeout=10).status_code == 404
+    bad_accept = httpx.get(base, headers=box.headers(Accept='multipart/related; type="image/png"'), timeout=10)
+    assert bad_accept.status_code == 406
+    garbage = httpx.get(base, headers=box.headers(Accept="multipart/related; q=2"), timeout=10)
+    assert garbage.status_code == 400
+    traversal = httpx.get(f"{box.url}/studies/..%2F..%2Fetc/metadata", headers=box.headers(), timeout=10)
+    assert traversal.status_code in (400, 404)
