@@ -246,6 +246,9 @@ class Settings(BaseSettings):
                 if url and not url.startswith("https://"):
                     raise ValueError(f'auth.{key}: must be https in production (mode = "demo" allows http)')
         for name, peer in self.pacs.items():
+            if self.dicomweb.workers > 1 and peer.retrieve == "c-move":
+                raise ValueError(f"pacs.{name}.retrieve: must be c-get when dicomweb.workers > 1 "
+                                 "(C-MOVE deliveries reach the main process only)")  # fmt: skip
             if peer.ae_title == self.dimse.ae_title:
                 raise ValueError(f"pacs.{name}.ae_title: must differ from dimse.ae_title")
         return self

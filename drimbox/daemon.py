@@ -7,6 +7,8 @@ they run exactly the code the daemon runs.
 from __future__ import annotations
 
 import logging
+import os
+import ssl
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -33,6 +35,7 @@ from drimbox.dimse.storage import StorageHandler
 from drimbox.errors import DrimboxError
 from drimbox.index import db
 from drimbox.index.repository import IndexRepository
+from drimbox.logs import configure_logging
 from drimbox.ports import AuditTrail, TokenVerifier
 from drimbox.status.routes import status_router
 from drimbox.store.files import InstanceStore
@@ -170,7 +173,8 @@ def build_node(settings: Settings) -> Node:
     pool = WorkerPool(settings, build_worker_retriever, processes) if processes > 1 else None
     retriever = Retriever(settings, core.connector, core.storage, core.index, core.audit, scp, pool)
     indexer = PacsIndexer(core.connector, core.index, core.store, core.audit)
-    wado = Wado(core.index, RetrievalHub(retriever), core.audit, public_prefix(settings), NoTranscoder(), core.store.incoming)
+    hub = RetrievalHub(retriever)
+    wado = Wado(core.index, hub, core.audit, public_prefix(settings), NoTranscoder(), core.store.incoming)
     return Node(
         settings, core.index, core.store, core.connector, core.storage, scp, retriever, indexer, core.audit, wado
     )
@@ -224,17 +228,22 @@ class Daemon:
     def run(self) -> None:
         """Serve until SIGINT/SIGTERM, then stop everything."""
         self.start_background()
-        config = uvicorn.Config(
-            self.app,
-            host=self.settings.http.bind,
-            port=self.settings.http.port,
-            log_config=None,
-            access_log=False,
-            proxy_headers=False,
-        )
-        self.server = uvicorn.Server(config)
+        if self.settings.dicomweb.workers > 1:
+            self._run_workers()
+            return
+        self.server = uvicorn.Server(uvicorn.Config(self.app, **http_options(self.settings)))
         try:
             self.server.run()
+        finally:
+            self.stop()
+
+    def _run_workers(self) -> None:
+        """HTTP in `dicomweb.workers` processes (each with its own index connection and fetch hub);
+        the DICOM listener and the periodic work stay in this one."""
+        os.environ[_WORKER_SETTINGS] = self.settings.model_dump_json()
+        try:
+            uvicorn.run(f"{__name__}:worker_app", factory=True, workers=self.settings.dicomweb.workers,
+                        **http_options(self.settings))  # fmt: skip
         finally:
             self.stop()
 
@@ -278,6 +287,37 @@ class Daemon:
             if full:
                 last_full = date.today()
             self._stop.wait(self.settings.index.interval_minutes * 60)
+
+
+_WORKER_SETTINGS = "DRIMBOX_WORKER_SETTINGS_JSON"
+
+
+def worker_app() -> FastAPI:
+    """What each HTTP worker process serves (uvicorn imports it by name)."""
+    settings = Settings.model_validate_json(os.environ[_WORKER_SETTINGS])
+    configure_logging(settings.log_level)
+    return build_app(build_node(settings))
+
+
+def http_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's options from our settings: address, TLS (mutual when `client_ca` is set).
+
+    Forwarded headers are ignored (`proxy_headers=False`): nothing we build depends on them.
+    """
+    tls = settings.http.tls
+    options: dict[str, Any] = {
+        "host": settings.http.bind,
+        "port": settings.http.port,
+        "log_config": None,
+        "access_log": False,
+        "proxy_headers": False,
+        "server_header": False,
+    }
+    if tls.certificate is not None:
+        options |= {"ssl_certfile": str(tls.certificate), "ssl_keyfile": str(tls.key)}
+        if tls.client_ca is not None:
+            options |= {"ssl_ca_certs": str(tls.client_ca), "ssl_cert_reqs": ssl.CERT_REQUIRED}
+    return options
 
 
 def _now() -> str:

@@ -14,14 +14,16 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 from pydicom import dcmread
 from pynetdicom import AE, StoragePresentationContexts
 
-from drimbox.config import load_settings
+from drimbox.config import Settings, load_settings
 from drimbox.errors import DrimboxError
 from drimbox.logs import configure_logging
+from drimbox.sandbox.oidc import PscSandbox
 
 PACS_AE = "DEMOPACS"
 
@@ -74,9 +76,9 @@ folder = "."
 [auth]
 # The sandbox's Pro Santé Connect stand-in, started by `drimbox demo` beside the daemon.
 verifier = "introspection"
-introspection_url = "http://127.0.0.1:{http_port + 1}/introspect"
+introspection_url = "http://127.0.0.1:{http_port + 1}/token/introspect"
 client_id = "drimbox-demo"
-client_secret = "demo-secret"
+client_secret = "drimbox-demo-secret"
 
 [index]
 window_days = 36500
@@ -169,31 +171,47 @@ def run_demo(data: Path, samples: Path, http_port: int, wait: bool = True) -> in
     if not files:
         raise DrimboxError(f"no DICOM files under {samples}; run from the repository root")
     _check_port_free(http_port)
+    _check_port_free(http_port + 1)
     data = data.resolve()
     data.mkdir(parents=True, exist_ok=True)
     dimse_port, pacs_port = free_port(), free_port()
     settings = load_settings(write_demo_config(data, http_port, dimse_port, pacs_port))
     configure_logging(settings.log_level)
     pacs = DemoPacs(data / "demo-pacs", pacs_port, ("127.0.0.1", dimse_port))
+    psc = PscSandbox()
+    psc_served = psc.serve(port=http_port + 1)
     pacs.start()
     try:
         loaded = pacs.load(files)
         daemon = Daemon(settings, index_at_start=False)
         report = daemon.node.index_peer("demo", full=True)
-        example = min(daemon.node.index.study_uids_of_peer("demo"), default="<StudyInstanceUID>")
-        _banner(settings.http.port, data, loaded, report.studies_seen, example)
+        studies = sorted(daemon.node.index.study_uids_of_peer("demo"))
+        grants = {study: demo_kos_uid(study) for study in studies}
+        for study, kos in grants.items():
+            daemon.node.index.grant_kos(kos, study)  # stands in for publication until it exists
+        token = psc.issue_token(expires_in=12 * 3600)
+        _banner(settings, data, loaded, report.studies_seen, grants, token)
         if not wait:
             return 0
         with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a demo ends
             daemon.run()
     finally:
         pacs.stop()
+        psc_served.stop()
     print("drimbox demo stopped.", flush=True)
     return 0
 
 
-def _banner(http_port: int, data: Path, loaded: int, studies: int, example_study: str) -> None:
+def demo_kos_uid(study_uid: str) -> str:
+    """A stable KOS SOP Instance UID per demo study (UUID-derived, PS3.5 §B.2)."""
+    return f"2.25.{uuid.uuid5(uuid.NAMESPACE_OID, 'drimbox-demo-kos:' + study_uid).int}"
+
+
+def _banner(settings: Settings, data: Path, loaded: int, studies: int, grants: dict[str, str], token: str) -> None:
     config = data / "drimbox.toml"
+    http_port = settings.http.port
+    example_study, example_kos = next(iter(grants.items()), ("<StudyInstanceUID>", "<KOS UID>"))
+    base = settings.http.public_base_url + settings.dicomweb.prefix
     print(
         f"""
 drimbox demo is running.
@@ -204,6 +222,10 @@ drimbox demo is running.
                 .venv/bin/drimbox --config {config} echo demo
                 .venv/bin/drimbox --config {config} index --all
                 .venv/bin/drimbox --config {config} retrieve {example_study}
+  DICOMweb       {base}  (bearer token from the Pro Santé Connect sandbox on port {http_port + 1})
+                curl -H "Authorization: Bearer $TOKEN" -H "KOS-SOPInstanceUID: {example_kos}" \\
+                     {base}/studies/{example_study}/metadata
+                TOKEN={token}
   audit trail    {data / "audit.jsonl"}
 Ctrl-C stops the daemon and the demo PACS.
 """,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -128,15 +129,38 @@ def test_demo_runs_and_stops_on_ctrl_c(tmp_path: Path) -> None:
                 assert child.poll() is None, child.stderr.read() if child.stderr else ""
                 time.sleep(0.2)
         assert state["index"] == state["index"] | {"studies": 3, "series": 3, "instances": 29}  # type: ignore[operator]
+        banner = _banner_of(child)
+        # The printed example works: a sandbox PSC token and a demo KOS open a study over DICOMweb,
+        # fetched on demand from the demo PACS.
+        token = re.search(r"TOKEN=(\S+)", banner)
+        example = re.search(r'KOS-SOPInstanceUID: ([0-9.]+)".*?\n\s+(http://\S+/metadata)', banner, re.S)
+        assert token and example, banner
+        metadata = httpx.get(example[2], timeout=60, headers={
+            "Authorization": f"Bearer {token[1]}", "KOS-SOPInstanceUID": example[1]})  # fmt: skip
+        assert metadata.status_code == 200, metadata.text
+        assert metadata.json() and all("0020000D" in item for item in metadata.json())
+        refused = httpx.get(example[2], timeout=10, headers={"KOS-SOPInstanceUID": example[1]})
+        assert refused.status_code == 401
     finally:
         child.send_signal(signal.SIGINT)
         out, err = child.communicate(timeout=30)
     assert child.returncode == 0, err
-    assert "status page    http://127.0.0.1:" in out
+    assert "status page    http://127.0.0.1:" in banner + out
     pacs_log = tmp_path / "demo" / "demo-pacs" / "qrscp.log"
     assert pacs_log.exists()
     qrscp = subprocess.run(["pgrep", "-f", str(tmp_path / "demo" / "demo-pacs" / "qrscp.ini")], capture_output=True)
     assert qrscp.returncode == 1, "the demo PACS must be stopped with the demo"
+
+
+def _banner_of(child: subprocess.Popen[str]) -> str:
+    """The demo's banner, read line by line up to its last line."""
+    assert child.stdout is not None
+    lines: list[str] = []
+    while not lines or "Ctrl-C stops" not in lines[-1]:
+        line = child.stdout.readline()
+        assert line, "the demo ended before printing its banner"
+        lines.append(line)
+    return "".join(lines)
 
 
 def test_index_summary_dates(orthanc: Orthanc, study_in_orthanc: StudySpec, make_node: NodeFactory) -> None:
