@@ -25,6 +25,7 @@ from drimbox.config import Settings
 from drimbox.dicomweb import problems
 from drimbox.dicomweb.fetching import RetrievalHub
 from drimbox.dicomweb.guard import kos_guard
+from drimbox.dicomweb.qido import qido_router
 from drimbox.dicomweb.wado import NoTranscoder, Wado, wado_router
 from drimbox.dimse.connection import PeerConnector
 from drimbox.dimse.indexer import IndexReport, PacsIndexer, Progress
@@ -38,6 +39,7 @@ from drimbox.index.repository import IndexRepository
 from drimbox.logs import configure_logging
 from drimbox.ports import AuditTrail, TokenVerifier
 from drimbox.status.routes import status_router
+from drimbox.store.cache import StoreCache
 from drimbox.store.files import InstanceStore
 from drimbox.store.intake import InstanceIntake
 
@@ -173,8 +175,9 @@ def build_node(settings: Settings) -> Node:
     pool = WorkerPool(settings, build_worker_retriever, processes) if processes > 1 else None
     retriever = Retriever(settings, core.connector, core.storage, core.index, core.audit, scp, pool)
     indexer = PacsIndexer(core.connector, core.index, core.store, core.audit)
-    hub = RetrievalHub(retriever)
-    wado = Wado(core.index, hub, core.audit, public_prefix(settings), NoTranscoder(), core.store.incoming)
+    cache = StoreCache(core.index, core.store, settings.store.max_bytes)
+    hub = RetrievalHub(retriever, after=cache.evict)
+    wado = Wado(core.index, hub, core.audit, public_prefix(settings), NoTranscoder(), cache, core.store.incoming)
     return Node(
         settings, core.index, core.store, core.connector, core.storage, scp, retriever, indexer, core.audit, wado
     )
@@ -200,6 +203,9 @@ def build_app(node: Node, verifier: TokenVerifier | None = None) -> FastAPI:
     authorize = kos_guard(verifier or make_verifier(settings.auth), node.index.study_of_kos, node.audit,
                           settings.auth.kos_mismatch_status)  # fmt: skip
     app.include_router(wado_router(node.wado, authorize), prefix=settings.dicomweb.prefix)
+    qido = qido_router(lambda: node.index, default_limit=settings.dicomweb.default_limit,
+                       max_limit=settings.dicomweb.max_limit, authorize=authorize)  # fmt: skip
+    app.include_router(qido, prefix=settings.dicomweb.prefix)
     return app
 
 
@@ -269,6 +275,10 @@ class Daemon:
                     log.exception("C-ECHO crashed", extra={"event": "echo.crashed", "peer": peer})
                     self.node.peer_health[peer] = PeerHealth(False, _now(), None, "C-ECHO failed unexpectedly")
             self.node.store.clean_incoming(older_than=self.settings.dimse.idle_timeout * 2)
+            try:
+                self.node.wado.cache.evict()
+            except Exception:
+                log.exception("eviction failed", extra={"event": "store.evict_failed"})
             self._stop.wait(self.settings.index.echo_interval_seconds)
 
     def _index_loop(self) -> None:

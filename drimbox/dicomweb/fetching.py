@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from drimbox.ports import StudySource
@@ -66,8 +66,9 @@ class Retrieval:
 class RetrievalHub:
     """Starts retrievals through a StudySource and lets requests share them."""
 
-    def __init__(self, source: StudySource) -> None:
+    def __init__(self, source: StudySource, after: Callable[[], object] | None = None) -> None:
         self.source = source
+        self.after = after  # run after each retrieval (the store cache's eviction)
         self._running: dict[_Key, Retrieval] = {}
         self._lock = threading.Lock()
         self.started = 0  # retrievals started since start: the status page and tests read it
@@ -111,3 +112,8 @@ class RetrievalHub:
             with self._lock:
                 self._running.pop(retrieval.key, None)
             retrieval.finish(error)
+            if self.after is not None:
+                try:
+                    self.after()
+                except Exception:
+                    log.exception("after-retrieval work failed", extra={"event": "fetch.after_failed"})

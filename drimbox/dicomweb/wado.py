@@ -27,6 +27,7 @@ from drimbox.dicomweb.problems import Problem
 from drimbox.index.repository import HeldInstance, IndexRepository
 from drimbox.ports import AuditEvent, AuditTrail
 from drimbox.store import metadata
+from drimbox.store.cache import StoreCache
 from drimbox.uids import checked_uid
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ class Wado:
     audit: AuditTrail
     public_prefix: str
     transcoder: Transcoder
+    cache: StoreCache
     work_folder: Path | None = None  # where partial files go (the store's incoming/)
     prefer_client_syntax: bool = False
 
@@ -111,6 +113,7 @@ class Wado:
                                      detail={"series_uid": series or "", "sop_uid": sop or ""}))  # fmt: skip
 
         def body() -> Iterator[bytes]:
+            served = [first.sop_uid]
             yield from self._part(boundary, first, first_syntax)
             for held in parts:
                 try:
@@ -119,7 +122,9 @@ class Wado:
                     log.warning("instance skipped", extra={"event": "wado.skipped", "reason": str(exc)})
                     continue
                 yield from self._part(boundary, held, syntax)
+                served.append(held.sop_uid)
             yield multipart.closing(boundary)
+            self.cache.served(served)
 
         return StreamingResponse(_logged(body(), study), media_type=None,
                                  headers={"Content-Type": multipart.content_type(boundary, DICOM)})  # fmt: skip
@@ -128,6 +133,10 @@ class Wado:
         return choice.for_instance(held.transfer_syntax_uid, self.transcoder.can, transcode=self.prefer_client_syntax)
 
     def _part(self, boundary: str, held: HeldInstance, syntax: str) -> Iterator[bytes]:
+        with self.cache.pinned(held.sop_uid):
+            yield from self._unpinned_part(boundary, held, syntax)
+
+    def _unpinned_part(self, boundary: str, held: HeldInstance, syntax: str) -> Iterator[bytes]:
         location = metadata.instance_base(self.public_prefix, held.study_uid, held.series_uid, held.sop_uid)
         if syntax == held.transfer_syntax_uid:
             yield from multipart.file_part(boundary, DICOM, Path(held.path), transfer_syntax=syntax, location=location)

@@ -100,7 +100,7 @@ class Instance(Base):
     file_path: Mapped[str | None] = mapped_column(String(512))
     file_size: Mapped[int | None] = mapped_column(BigInteger)
     stored_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    last_access: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_access: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
 
     series: Mapped[Series] = relationship(back_populates="instances")
 

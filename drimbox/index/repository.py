@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -161,7 +161,7 @@ class IndexRepository:
             instance.transfer_syntax_uid = entry.instance.transfer_syntax_uid
             instance.file_path = entry.file.path
             instance.file_size = entry.file.size
-            instance.stored_at = datetime.now(UTC)
+            instance.stored_at = instance.last_access = datetime.now(UTC)
 
         self._write(work)
         if len(self._known_series) > 4096:
@@ -320,9 +320,7 @@ class IndexRepository:
             row = session.execute(query).first()
             if row is None:
                 return None
-            study, series, i = row
-            return HeldInstance(study, series, i.sop_uid, i.sop_class_uid, i.transfer_syntax_uid,
-                                i.file_path or "", i.file_size or 0)  # fmt: skip
+            return _held(*row)
 
     def held(self, study_uid: str, series_uid: str | None = None) -> list[HeldInstance]:
         """Instances of a study (or series) whose file is in our store."""
@@ -336,18 +334,56 @@ class IndexRepository:
             )
             if series_uid:
                 query = query.where(Series.series_uid == series_uid)
-            return [
-                HeldInstance(
-                    study,
-                    series,
-                    i.sop_uid,
-                    i.sop_class_uid,
-                    i.transfer_syntax_uid,
-                    i.file_path or "",
-                    i.file_size or 0,
+            return [_held(study, series, i) for study, series, i in session.execute(query)]
+
+    # --- the store as a cache: what was served when, what to evict ---------------------------
+
+    def touch(self, sop_uids: Iterable[str]) -> None:
+        """Mark instances as served now: least recently served files are evicted first."""
+        uids = list(sop_uids)
+        now = datetime.now(UTC)
+
+        def work(session: Session) -> None:
+            for start in range(0, len(uids), 500):
+                session.execute(
+                    update(Instance).where(Instance.sop_uid.in_(uids[start : start + 500])).values(last_access=now)
                 )
-                for study, series, i in session.execute(query)
-            ]
+
+        if uids:
+            self._write(work)
+
+    def bytes_held(self) -> int:
+        with self.session() as session:
+            total = session.scalar(select(func.sum(Instance.file_size)).where(Instance.file_path.is_not(None)))
+            return int(total or 0)
+
+    def least_recently_served(self, limit: int) -> list[HeldInstance]:
+        """Held instances, least recently served first (the eviction order)."""
+        with self.session() as session:
+            query = (
+                select(Study.study_uid, Series.series_uid, Instance)
+                .join(Series, Instance.series_pk == Series.id)
+                .join(Study, Series.study_pk == Study.id)
+                .where(Instance.file_path.is_not(None))
+                .order_by(Instance.last_access, Instance.id)
+                .limit(limit)
+            )
+            return [_held(study, series, i) for study, series, i in session.execute(query)]
+
+    def release_files(self, sop_uids: Iterable[str]) -> None:
+        """Forget the files of these instances (they stay indexed, as the PACS still holds them)."""
+        uids = list(sop_uids)
+
+        def work(session: Session) -> None:
+            for start in range(0, len(uids), 500):
+                session.execute(
+                    update(Instance)
+                    .where(Instance.sop_uid.in_(uids[start : start + 500]))
+                    .values(file_path=None, file_size=None, stored_at=None)
+                )
+
+        if uids:
+            self._write(work)
 
     # --- KOS grants (DRIM-M A8) ------------------------------------------------------------
 
@@ -393,6 +429,11 @@ class IndexRepository:
                 instances_held=int(held[0]),
                 bytes_held=int(held[1] or 0),
             )
+
+
+def _held(study_uid: str, series_uid: str, row: Instance) -> HeldInstance:
+    return HeldInstance(study_uid, series_uid, row.sop_uid, row.sop_class_uid, row.transfer_syntax_uid,
+                        row.file_path or "", row.file_size or 0)  # fmt: skip
 
 
 # --- helpers used inside one transaction ------------------------------------------------
@@ -480,6 +521,7 @@ def _stored_instance_upsert(dialect: str, entry: InstanceEntry) -> Any:
     insert = sqlite_insert if dialect == "sqlite" else postgresql_insert
     record = entry.instance
     series_pk = select(Series.id).where(Series.series_uid == entry.series.series_uid).scalar_subquery()
+    now = datetime.now(UTC)
     values = {
         "series_pk": series_pk,
         "sop_class_uid": record.sop_class_uid,
@@ -490,7 +532,8 @@ def _stored_instance_upsert(dialect: str, entry: InstanceEntry) -> Any:
         "transfer_syntax_uid": record.transfer_syntax_uid,
         "file_path": entry.file.path,
         "file_size": entry.file.size,
-        "stored_at": datetime.now(UTC),
+        "stored_at": now,
+        "last_access": now,
     }
     statement = insert(Instance).values(sop_uid=record.sop_uid, **values)
     return statement.on_conflict_do_update(index_elements=[Instance.sop_uid], set_=values)

@@ -57,7 +57,7 @@ def test_echo_index_retrieve_status_commands(orthanc: Orthanc, study_in_orthanc:
     assert state["index"]["instances_held"] == 4 and state["peers"][0]["reachable"] is True
 
     upgrade = drimbox("--config", str(config), "db", "upgrade")
-    assert upgrade.returncode == 0 and "revision 0002" in upgrade.stdout
+    assert upgrade.returncode == 0 and "revision 0003" in upgrade.stdout
 
 
 def test_errors_are_one_clear_line(tmp_path: Path) -> None:

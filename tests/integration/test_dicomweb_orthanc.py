@@ -197,3 +197,27 @@ def test_bad_input_statuses(box: Box) -> None:
     assert garbage.status_code == 400
     traversal = httpx.get(f"{box.url}/studies/..%2F..%2Fetc/metadata", headers=box.headers(), timeout=10)
     assert traversal.status_code in (400, 404)
+
+
+def test_qido_searches_only_within_the_kos_study(box: Box, orthanc: Orthanc, tmp_path: Path) -> None:
+    other = StudySpec(patient_id="IPP00000099", patient_name="DUPRÉ^Henri", accession="ACC99")
+    orthanc.upload(write_study(other, tmp_path / "other"))
+    box.node.index_peer("main", full=True)
+    assert box.node.index.study_known(other.study_uid)
+    client = _client(box)
+    everything = client.search_for_studies()
+    assert [s["0020000D"]["Value"][0] for s in everything] == [box.study_uid]
+    studies = client.search_for_studies(search_filters={"PatientName": "dupre*"}, fuzzymatching=True)
+    assert [s["0020000D"]["Value"][0] for s in studies] == [box.study_uid]
+    series = client.search_for_series(box.study_uid)
+    assert len(series) == 3
+    mg = client.search_for_series(box.study_uid, search_filters={"Modality": "MG"})
+    assert len(mg) == 2
+    instances = client.search_for_instances(box.study_uid)
+    assert len(instances) == len(box.files)
+    wildcard = httpx.get(f"{box.url}/studies?PatientName=DUPR%2A", headers=box.headers(), timeout=10)
+    assert wildcard.status_code == 200 and len(wildcard.json()) == 1
+    outside = httpx.get(f"{box.url}/studies/{other.study_uid}/series", headers=box.headers(), timeout=10)
+    assert outside.status_code == 404
+    bad = httpx.get(f"{box.url}/studies?StudyDate=2026-11", headers=box.headers(), timeout=10)
+    assert bad.status_code == 400 and bad.headers["content-type"] == "application/problem+json"

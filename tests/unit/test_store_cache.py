@@ -1,0 +1,54 @@
+"""The store as a bounded cache: least recently served files go first, pinned files never."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from drimbox.index import db
+from drimbox.index.repository import IndexRepository
+from drimbox.ports import AuditEvent
+from drimbox.store.cache import StoreCache
+from drimbox.store.files import InstanceStore
+from drimbox.store.intake import InstanceIntake
+from tests.support.datasets import CT, StudySpec, write_study
+
+
+class NoAudit:
+    def record(self, event: AuditEvent) -> None:
+        pass
+
+
+def _filled(tmp_path: Path, count: int) -> tuple[IndexRepository, InstanceStore, list[str]]:
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'index.db'}")
+    db.upgrade(engine)
+    index, store = IndexRepository(engine), InstanceStore(tmp_path / "data")
+    intake = InstanceIntake(store, index, NoAudit(), "http://box.test/dicom-web")
+    uids = []
+    for source in write_study(StudySpec(series=[(CT, "CT", count)], rows=64, columns=64), tmp_path / "src"):
+        received = store.incoming / source.name
+        received.write_bytes(source.read_bytes())
+        uids.append(intake.admit(received, sender="TEST").instance.sop_uid)
+    return index, store, uids
+
+
+def test_unbounded_cache_never_evicts(tmp_path: Path) -> None:
+    index, store, _ = _filled(tmp_path, 3)
+    assert StoreCache(index, store, 0).evict() == 0
+    assert len(list(store.root.rglob("*.dcm"))) == 3
+
+
+def test_least_recently_served_go_first_and_pinned_stay(tmp_path: Path) -> None:
+    index, store, uids = _filled(tmp_path, 6)
+    size = index.bytes_held() // 6
+    cache = StoreCache(index, store, max_bytes=size * 4)
+    cache.served([uids[0], uids[1]])  # the oldest stored are now the most recently served
+    with cache.pinned(uids[2]):
+        freed = cache.evict()
+    kept = {h.sop_uid for h in index.least_recently_served(10)}
+    assert freed >= 2 * size and index.bytes_held() <= size * 4 * 0.9 + size
+    assert {uids[0], uids[1], uids[2]} <= kept, "recently served and pinned instances stay"
+    assert uids[3] not in kept
+    files = {p.stem for p in store.root.rglob("*.dcm")}
+    assert files == kept, "the index and the files agree after eviction"
+    assert not [p for p in store.root.rglob("*.meta.gz") if p.name.split(".meta")[0] not in kept]
+    assert index.instance_uids(index.least_recently_served(1)[0].study_uid) == set(uids), "evicted stay indexed"
