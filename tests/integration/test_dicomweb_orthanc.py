@@ -10,6 +10,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from io import BytesIO
 from pathlib import Path
 
 import httpx
@@ -221,3 +222,23 @@ def test_qido_searches_only_within_the_kos_study(box: Box, orthanc: Orthanc, tmp
     assert outside.status_code == 404
     bad = httpx.get(f"{box.url}/studies?StudyDate=2026-11", headers=box.headers(), timeout=10)
     assert bad.status_code == 400 and bad.headers["content-type"] == "application/problem+json"
+
+
+def test_orthanc_as_a_consumer_pulls_the_study(box: Box, tmp_path: Path, shim: Path) -> None:
+    """Orthanc's own DICOMweb client, configured with our box and the bearer token and KOS headers."""
+    server = {"Url": f"{box.url}/", "HttpHeaders": box.headers()}
+    consumer = Orthanc(tmp_path / "consumer", shim, extra={"DicomWeb": {"Enable": True, "Servers": {"box": server}}})
+    consumer.start()
+    try:
+        with httpx.Client(base_url=consumer.url, timeout=180) as client:
+            answer = client.post("/dicom-web/servers/box/retrieve", json={"Resources": [{"Study": box.study_uid}]})
+            assert answer.status_code == 200, answer.text
+            received = {i["MainDicomTags"]["SOPInstanceUID"]: i["ID"] for i in client.get(
+                "/instances", params={"expand": ""}).json()}  # fmt: skip
+            originals = {dcmread(f).SOPInstanceUID: f for f in box.files}
+            assert set(received) == set(originals)
+            for sop_uid, path in originals.items():
+                copy = dcmread(BytesIO(client.get(f"/instances/{received[sop_uid]}/file").content))
+                assert copy.PixelData == dcmread(path).PixelData
+    finally:
+        consumer.stop()
