@@ -135,6 +135,7 @@ class DicomwebSettings(_Section):
     default_limit: int = Field(default=100, ge=1, le=100_000)
     max_limit: int = Field(default=1000, ge=1, le=100_000)
     workers: int = Field(default=1, ge=1, le=64, description="uvicorn worker processes")
+    transcode: Literal["when-needed", "client-preference"] = "when-needed"
 
 
 class DimseSettings(_Section):

@@ -24,9 +24,10 @@ from drimbox.auth.factory import make_verifier
 from drimbox.config import Settings
 from drimbox.dicomweb import problems
 from drimbox.dicomweb.fetching import RetrievalHub
+from drimbox.dicomweb.frames import PixelTranscoder, frames_router
 from drimbox.dicomweb.guard import kos_guard
 from drimbox.dicomweb.qido import qido_router
-from drimbox.dicomweb.wado import NoTranscoder, Wado, wado_router
+from drimbox.dicomweb.wado import Wado, wado_router
 from drimbox.dimse.connection import PeerConnector
 from drimbox.dimse.indexer import IndexReport, PacsIndexer, Progress
 from drimbox.dimse.parallel import WorkerPool
@@ -177,7 +178,9 @@ def build_node(settings: Settings) -> Node:
     indexer = PacsIndexer(core.connector, core.index, core.store, core.audit)
     cache = StoreCache(core.index, core.store, settings.store.max_bytes)
     hub = RetrievalHub(retriever, after=cache.evict)
-    wado = Wado(core.index, hub, core.audit, public_prefix(settings), NoTranscoder(), cache, core.store.incoming)
+    transcoder = PixelTranscoder(core.store.incoming)
+    wado = Wado(core.index, hub, core.audit, public_prefix(settings), transcoder, cache, core.store.incoming,
+                settings.dicomweb.transcode == "client-preference")  # fmt: skip
     return Node(
         settings, core.index, core.store, core.connector, core.storage, scp, retriever, indexer, core.audit, wado
     )
@@ -203,6 +206,7 @@ def build_app(node: Node, verifier: TokenVerifier | None = None) -> FastAPI:
     authorize = kos_guard(verifier or make_verifier(settings.auth), node.index.study_of_kos, node.audit,
                           settings.auth.kos_mismatch_status)  # fmt: skip
     app.include_router(wado_router(node.wado, authorize), prefix=settings.dicomweb.prefix)
+    app.include_router(frames_router(node.wado, authorize), prefix=settings.dicomweb.prefix)
     qido = qido_router(lambda: node.index, default_limit=settings.dicomweb.default_limit,
                        max_limit=settings.dicomweb.max_limit, authorize=authorize)  # fmt: skip
     app.include_router(qido, prefix=settings.dicomweb.prefix)

@@ -15,6 +15,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from drimbox.dicomweb.accept import BadAccept, NotAcceptable
 from drimbox.errors import AccessDenied, DrimboxError, InvalidUID, TokenRejected, VerifierUnavailable
+from drimbox.store.frames import FrameAccessUnsupported, FrameNotFound, InvalidFrameNumber
+from drimbox.store.pixels import RenderError, TranscodeError
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +63,12 @@ def _status_of(exc: Exception) -> tuple[int, dict[str, str]]:
         return 503, {"Retry-After": "30"}
     if isinstance(exc, NotAcceptable):
         return 406, {}
-    if isinstance(exc, BadAccept | InvalidUID):
+    if isinstance(exc, BadAccept | InvalidUID | InvalidFrameNumber):
         return 400, {}
+    if isinstance(exc, FrameNotFound):
+        return 404, {}
+    if isinstance(exc, FrameAccessUnsupported | RenderError | TranscodeError):
+        return 422, {}
     return 500, {}
 
 

@@ -40,7 +40,7 @@ _SPOOL = 8 << 20
 class Transcoder(Protocol):
     """Writes an instance in another transfer syntax (lossless unless the caller allows lossy)."""
 
-    def can(self, stored: str, target: str) -> bool: ...
+    def can(self, held: HeldInstance, target: str) -> bool: ...
 
     def write(self, path: Path, target: str, out: BinaryIO) -> None: ...
 
@@ -48,7 +48,7 @@ class Transcoder(Protocol):
 class NoTranscoder:
     """Serves instances only as stored."""
 
-    def can(self, stored: str, target: str) -> bool:
+    def can(self, held: HeldInstance, target: str) -> bool:
         return False
 
     def write(self, path: Path, target: str, out: BinaryIO) -> None:
@@ -130,7 +130,8 @@ class Wado:
                                  headers={"Content-Type": multipart.content_type(boundary, DICOM)})  # fmt: skip
 
     def _syntax(self, choice: SyntaxChoice, held: HeldInstance) -> str:
-        return choice.for_instance(held.transfer_syntax_uid, self.transcoder.can, transcode=self.prefer_client_syntax)
+        return choice.for_instance(held.transfer_syntax_uid, lambda _, target: self.transcoder.can(held, target),
+                                   transcode=self.prefer_client_syntax)  # fmt: skip
 
     def _part(self, boundary: str, held: HeldInstance, syntax: str) -> Iterator[bytes]:
         with self.cache.pinned(held.sop_uid):

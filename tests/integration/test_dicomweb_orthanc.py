@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 from dicomweb_client.api import DICOMwebClient
+from PIL import Image
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from sqlalchemy import select
@@ -242,3 +243,61 @@ def test_orthanc_as_a_consumer_pulls_the_study(box: Box, tmp_path: Path, shim: P
                 assert copy.PixelData == dcmread(path).PixelData
     finally:
         consumer.stop()
+
+
+def test_frames_bulkdata_rendered_and_thumbnails(box: Box) -> None:
+    dbt = next(f for f in box.files if dcmread(f).SOPClassUID == DBT)
+    ds = dcmread(dbt)
+    base = f"{box.url}/studies/{box.study_uid}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+    client = _client(box)
+    frames = client.retrieve_instance_frames(box.study_uid, ds.SeriesInstanceUID, ds.SOPInstanceUID, [2, 5])
+    size = ds.Rows * ds.Columns * 2
+    assert frames == [ds.PixelData[size : 2 * size], ds.PixelData[4 * size : 5 * size]]
+    metadata = client.retrieve_instance_metadata(box.study_uid, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    pixel_data = client.retrieve_bulkdata(metadata["7FE00010"]["BulkDataURI"].replace(
+        box.node.settings.http.public_base_url, box.url.removesuffix("/dicom-web")))  # fmt: skip
+    assert pixel_data == [ds.PixelData]
+    for url, media in [
+        (f"{base}/rendered", "image/jpeg"),
+        (f"{base}/frames/3/rendered?window=100,200,linear&viewport=96,72", "image/png"),
+        (f"{base}/thumbnail", "image/jpeg"),
+        (f"{box.url}/studies/{box.study_uid}/thumbnail", "image/jpeg"),
+    ]:
+        response = httpx.get(url, headers=box.headers(Accept=media), timeout=30)
+        assert response.status_code == 200 and response.headers["content-type"] == media, response.text
+        image = Image.open(BytesIO(response.content))
+        assert image.format == media.split("/")[1].upper()
+    sized = Image.open(BytesIO(httpx.get(f"{base}/frames/3/rendered?viewport=96,72",
+                                         headers=box.headers(Accept="image/png"), timeout=30).content))  # fmt: skip
+    assert sized.size == (54, 72), "48 x 64 pixels fitted into 96 x 72, aspect ratio kept"
+    for url, status in [
+        (f"{base}/frames/6", 404),
+        (f"{base}/frames/0", 404),
+        (f"{base}/frames/1,x", 400),
+        (f"{base}/frames/99999999999999999999", 404),
+        (f"{base}/rendered?window=1,0", 400),
+        (f"{base}/rendered?viewport=100000,1", 400),
+        (f"{base}/bulkdata/ZZZZ", 400),
+        (f"{base}/bulkdata/00100010", 404),
+    ]:
+        response = httpx.get(url, headers=box.headers(), timeout=30)
+        assert response.status_code == status, (url, response.text)
+
+
+def test_transcoding_on_request_is_lossless_and_406_when_impossible(box: Box) -> None:
+    ds0 = dcmread(box.files[0])
+    url = f"{box.url}/studies/{box.study_uid}/series/{ds0.SeriesInstanceUID}/instances/{ds0.SOPInstanceUID}"
+    for syntax in ("1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.5"):
+        client = DICOMwebClient(url=box.url, headers=box.headers())
+        copy = client.retrieve_instance(
+            box.study_uid, ds0.SeriesInstanceUID, ds0.SOPInstanceUID, media_types=(("application/dicom", syntax),)
+        )
+        assert copy.file_meta.TransferSyntaxUID == syntax
+        assert (copy.pixel_array == ds0.pixel_array).all(), f"{syntax} must be lossless"
+        assert copy.SOPInstanceUID == ds0.SOPInstanceUID and copy.PatientName == ds0.PatientName
+    lossless_sv1 = 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.70'
+    impossible = httpx.get(url, headers=box.headers(Accept=lossless_sv1), timeout=30)
+    assert impossible.status_code == 406 and impossible.json()["status"] == 406
+    as_stored = 'multipart/related; type="application/dicom"; transfer-syntax=*; q=0.1'
+    either = httpx.get(url, headers=box.headers(Accept=f"{lossless_sv1}; q=0.9, {as_stored}"), timeout=30)
+    assert either.status_code == 200 and b"transfer-syntax=1.2.840.10008.1.2.1\r\n" in either.content[:400]
