@@ -208,7 +208,8 @@ def build_app(node: Node, verifier: TokenVerifier | None = None) -> FastAPI:
     app.include_router(wado_router(node.wado, authorize), prefix=settings.dicomweb.prefix)
     app.include_router(frames_router(node.wado, authorize), prefix=settings.dicomweb.prefix)
     qido = qido_router(lambda: node.index, default_limit=settings.dicomweb.default_limit,
-                       max_limit=settings.dicomweb.max_limit, authorize=authorize)  # fmt: skip
+                       max_limit=settings.dicomweb.max_limit, authorize=authorize,
+                       public_prefix=public_prefix(settings), audit=node.audit)  # fmt: skip
     app.include_router(qido, prefix=settings.dicomweb.prefix)
     return app
 

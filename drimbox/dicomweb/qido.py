@@ -49,6 +49,7 @@ from drimbox.index.queries import (
     search,
 )
 from drimbox.index.repository import IndexRepository
+from drimbox.ports import AuditEvent, AuditTrail
 
 DICOM_JSON = "application/dicom+json"
 PROBLEM_JSON = "application/problem+json"
@@ -366,9 +367,13 @@ def qido_router(
     default_limit: int,
     max_limit: int,
     authorize: Authorize,
+    public_prefix: str,
+    audit: AuditTrail | None = None,
     limiter: anyio.CapacityLimiter | None = None,
 ) -> APIRouter:
     """The six QIDO-RS routes; `authorize` (a FastAPI dependency) gives each request its AccessScope.
+
+    RetrieveURLs are built from `public_prefix` (configuration), never from the request's Host.
 
     Searches run in worker threads under `limiter` (default: 8 threads of our own), so a slow
     query never takes anyio's shared thread pool.
@@ -401,9 +406,11 @@ def qido_router(
         warnings = list(parsed.warnings)
         if len(rows) > page and parsed.warn_if_more and TOO_MANY not in warnings:
             warnings.insert(0, TOO_MANY)
-        base_url = str(request.url_for("qido_search_studies")).removesuffix("/studies")
-        body = json.dumps(render(rows[:page], parsed, base_url), ensure_ascii=False, separators=(",", ":"))
-        headers = {"Warning": ", ".join(f'299 {request.url.netloc}: "{w}"' for w in warnings)} if warnings else None
+        if audit is not None:
+            audit.record(AuditEvent("dicomweb.search", scope.subject, study_uid=study or "",
+                                    detail={"level": level, "results": min(len(rows), page)}))  # fmt: skip
+        body = json.dumps(render(rows[:page], parsed, public_prefix), ensure_ascii=False, separators=(",", ":"))
+        headers = {"Warning": ", ".join(f'299 drimbox: "{w}"' for w in warnings)} if warnings else None
         return Response(body.encode(), media_type=media_type, headers=headers)
 
     @router.get("/studies", name="qido_search_studies", summary="Search for studies")

@@ -24,6 +24,7 @@ with warnings.catch_warnings():  # Starlette prefers `httpx2` over the `httpx` w
     from fastapi.testclient import TestClient
 
 BASE = "/dicom-web"
+PUBLIC = "https://db1.example.fr/dicom-web"  # RetrieveURLs come from configuration, never from Host
 
 
 def authorize(request: Request) -> AccessScope:
@@ -39,7 +40,10 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     repository = IndexRepository(engine)
     fill(repository)
     app = FastAPI()
-    app.include_router(qido_router(lambda: repository, default_limit=3, max_limit=5, authorize=authorize), prefix=BASE)
+    app.include_router(
+        qido_router(lambda: repository, default_limit=3, max_limit=5, authorize=authorize, public_prefix=PUBLIC),
+        prefix=BASE,
+    )
     with TestClient(app) as test_client:
         yield test_client
     engine.dispose()
@@ -97,7 +101,7 @@ def test_study_results_read_back_with_pydicom(client: TestClient) -> None:
     assert (str(ds.ReferringPhysicianName), ds.PatientID, ds.IssuerOfPatientID) == ("DUPONT^Marc", "IPP001", "CIS")
     assert (ds.PatientBirthDate, ds.PatientSex) == ("19650412", "F")
     assert (ds.NumberOfStudyRelatedSeries, ds.NumberOfStudyRelatedInstances) == (1, 4)
-    assert ds.RetrieveURL == f"http://testserver{BASE}/studies/{uid(1)}"
+    assert ds.RetrieveURL == f"{PUBLIC}/studies/{uid(1)}"
     assert raw["00100010"] == {"vr": "PN", "Value": [{"Alphabetic": "LEFÈVRE^Hélène"}]}
     assert raw["00201208"] == {"vr": "IS", "Value": [4]}  # IS as a JSON number (PS3.18 F.2.3)
     assert list(raw) == sorted(raw)  # attributes in tag order
@@ -143,11 +147,11 @@ def test_includefield_of_an_attribute_we_do_not_hold_is_ignored_with_a_warning(c
         '"The following attributes are not supported and were ignored: PatientAge, SOPClassUID"'
         in response.headers["warning"]
     )
-    assert response.headers["warning"].startswith("299 testserver: ")
+    assert response.headers["warning"].startswith("299 drimbox: ")
 
 
 def test_default_limit_and_cap_warn_when_results_are_cut(client: TestClient) -> None:
-    warning = f'299 testserver: "{TOO_MANY}"'
+    warning = f'299 drimbox: "{TOO_MANY}"'
     response = client.get(BASE + "/studies")  # default limit 3 of 7
     assert len(response.json()) == 3 and response.headers["warning"] == warning
     response = client.get(BASE + "/studies?limit=50")  # capped to 5
@@ -170,7 +174,7 @@ def test_series_at_root_carry_their_study_and_within_a_study_do_not(client: Test
     [ds] = datasets(root)
     assert (ds.Modality, ds.SeriesNumber, ds.NumberOfSeriesRelatedInstances) == ("CT", 1, 3)
     assert (ds.StudyInstanceUID, str(ds.PatientName), ds.AccessionNumber) == (uid(2), "LEFÈVRE^Hélène", "ACC-002")
-    assert ds.RetrieveURL == f"http://testserver{BASE}/studies/{uid(2)}/series/{uid(2, 1)}"
+    assert ds.RetrieveURL == f"{PUBLIC}/studies/{uid(2)}/series/{uid(2, 1)}"
     nested = get(client, f"/studies/{uid(2)}/series")
     assert [r["0020000E"]["Value"][0] for r in nested] == [uid(2, 1), uid(2, 2)]
     assert all("00100010" not in r and r["0020000D"]["Value"] == [uid(2)] for r in nested)
@@ -294,3 +298,10 @@ def test_any_query_string_parses_or_is_a_query_error(params: list[tuple[str, str
     except QueryError:
         return
     assert parsed.query.limit is not None and 1 <= parsed.query.limit <= 20
+
+
+def test_retrieve_url_ignores_the_host_header(client: TestClient) -> None:
+    response = client.get(f"{BASE}/studies", headers={"Host": "evil.example.com"})
+    assert response.status_code == 200
+    assert "evil.example.com" not in response.text
+    assert all(item["00081190"]["Value"][0].startswith(PUBLIC) for item in response.json())
