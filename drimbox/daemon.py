@@ -203,8 +203,9 @@ def build_app(node: Node, verifier: TokenVerifier | None = None) -> FastAPI:
     app = FastAPI(title="drimbox", version=__version__, docs_url=None, redoc_url=None)
     problems.install(app)
     app.include_router(status_router(node.snapshot))
-    authorize = kos_guard(verifier or make_verifier(settings.auth), node.index.study_of_kos, node.audit,
-                          settings.auth.kos_mismatch_status)  # fmt: skip
+    if verifier is None:
+        verifier = make_verifier(settings.auth)
+    authorize = kos_guard(verifier, node.index.study_of_kos, node.audit, settings.auth.kos_mismatch_status)
     app.include_router(wado_router(node.wado, authorize), prefix=settings.dicomweb.prefix)
     app.include_router(frames_router(node.wado, authorize), prefix=settings.dicomweb.prefix)
     qido = qido_router(lambda: node.index, default_limit=settings.dicomweb.default_limit,

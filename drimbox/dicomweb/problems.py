@@ -77,7 +77,7 @@ def install(app: FastAPI) -> None:
 
     async def on_drimbox_error(request: Request, exc: Exception) -> JSONResponse:
         status, headers = _status_of(exc)
-        if status >= 500:
+        if status >= 500 and not isinstance(exc, VerifierUnavailable):
             log.error("request failed", extra={"event": "http.failed", "path": request.url.path, "reason": str(exc)})
             return problem_response(status, "the box could not answer; see its log", headers)
         return problem_response(status, str(exc), headers)

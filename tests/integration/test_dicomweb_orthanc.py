@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,11 +22,14 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from sqlalchemy import select
 
+from drimbox.auth.factory import make_verifier
+from drimbox.config import AuthSettings
 from drimbox.daemon import Node, build_app
 from drimbox.errors import TokenRejected
 from drimbox.index.models import Instance, Series
 from drimbox.ports import Principal
 from drimbox.sandbox.http import serve_in_thread
+from drimbox.sandbox.oidc import PscSandbox, SandboxClient
 from tests.conftest import NodeFactory, orthanc_peer
 from tests.support.datasets import CT, DBT, MG, StudySpec, write_study
 from tests.support.peers import Orthanc
@@ -301,3 +305,29 @@ def test_transcoding_on_request_is_lossless_and_406_when_impossible(box: Box) ->
     as_stored = 'multipart/related; type="application/dicom"; transfer-syntax=*; q=0.1'
     either = httpx.get(url, headers=box.headers(Accept=f"{lossless_sv1}; q=0.9, {as_stored}"), timeout=30)
     assert either.status_code == 200 and b"transfer-syntax=1.2.840.10008.1.2.1\r\n" in either.content[:400]
+
+
+def test_tokens_checked_by_introspection_at_the_psc_sandbox(box: Box) -> None:
+    """The real verifier chain: our introspection client against the PSC stand-in, over HTTP."""
+    now = [time.time()]
+    psc = PscSandbox(clients=[SandboxClient("drimbox-test", "s3cret")], clock=lambda: now[0])
+    provider = psc.serve()
+    settings = AuthSettings(introspection_url=f"{psc.issuer}/token/introspect", client_id="drimbox-test",
+                            client_secret="s3cret", cache_seconds=0)  # fmt: skip
+    served = serve_in_thread(build_app(box.node, make_verifier(settings)))
+    url = f"http://127.0.0.1:{served.port}/dicom-web/studies/{box.study_uid}/series"
+    try:
+        token = psc.issue_token(expires_in=60)
+        headers = {"Authorization": f"Bearer {token}", "KOS-SOPInstanceUID": KOS_UID}
+        first = httpx.get(url, headers=headers, timeout=10)
+        assert first.status_code == 200, first.text
+        forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+        assert httpx.get(url, headers=headers | {"Authorization": f"Bearer {forged}"}, timeout=10).status_code == 401
+        now[0] += 120  # the token has expired
+        assert httpx.get(url, headers=headers, timeout=10).status_code == 401
+        fresh = psc.issue_token(expires_in=600)
+        psc.revoke(fresh)
+        assert httpx.get(url, headers=headers | {"Authorization": f"Bearer {fresh}"}, timeout=10).status_code == 401
+    finally:
+        served.stop()
+        provider.stop()
