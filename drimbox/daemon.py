@@ -200,7 +200,7 @@ def build_worker_retriever(settings: Settings) -> Retriever:
 def build_app(node: Node, verifier: TokenVerifier | None = None) -> FastAPI:
     """The HTTP application: status pages, and DICOMweb behind bearer token + KOS checks."""
     settings = node.settings
-    app = FastAPI(title="drimbox", version=__version__, docs_url=None, redoc_url=None)
+    app = FastAPI(title="drimbox", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
     problems.install(app)
     app.include_router(status_router(node.snapshot))
     if verifier is None:

@@ -98,6 +98,9 @@ def principal_from_introspection(answer: Mapping[str, object], settings: AuthSet
     nbf = number_claim(answer, "nbf")
     if nbf is not None and nbf > now + LEEWAY_SECONDS:
         raise TokenRejected("token not yet valid (nbf in the future)")
+    kind = answer.get("typ", answer.get("token_type"))
+    if kind is not None and str(kind).lower() not in ("bearer", "access_token"):
+        raise TokenRejected(f"a {str(kind)[:20]!r} token is not an access token")
     iss = answer.get("iss")
     if settings.issuer and iss is not None and iss != settings.issuer:
         raise TokenRejected(f"token issued by {iss!r}, not by {settings.issuer!r}")

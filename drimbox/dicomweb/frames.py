@@ -23,6 +23,7 @@ from drimbox.dicomweb.accept import MediaRange, NotAcceptable, parse_accept
 from drimbox.dicomweb.access import AccessScope
 from drimbox.dicomweb.problems import Problem
 from drimbox.dicomweb.wado import Wado
+from drimbox.errors import DrimboxError
 from drimbox.index.repository import HeldInstance
 from drimbox.ports import AuditEvent
 from drimbox.store import frames as frame_store
@@ -57,7 +58,8 @@ def frame_index_of(held: HeldInstance, work: Path | None) -> FrameIndex:
     path = Path(held.path)
     sidecar = path.with_suffix(".frames.json")
     try:
-        return FrameIndex.from_json(sidecar.read_bytes())
+        if sidecar.stat().st_mtime_ns >= path.stat().st_mtime_ns:  # else the instance was replaced since
+            return FrameIndex.from_json(sidecar.read_bytes())
     except FileNotFoundError:
         pass
     index = frame_store.index_frames(path)
@@ -81,6 +83,8 @@ class PixelTranscoder:
             index: FrameIndex | None = frame_index_of(held, self.work)
         except Problem:
             index = None  # no pixel data: only the encoding of the data set changes
+        except (DrimboxError, OSError):
+            return False  # frames we cannot address (video, big endian...): as stored only
         return pixels.can_transcode_frames(index, held.transfer_syntax_uid, target)
 
     def write(self, path: Path, target: str, out: BinaryIO) -> None:
@@ -136,9 +140,15 @@ def frames_router(wado: Wado, authorize: Callable[..., AccessScope]) -> APIRoute
         def body() -> Iterator[bytes]:
             base = f"{wado.public_prefix}/studies/{study}/series/{series}/instances/{sop}/frames"
             for number in wanted:
-                data = frame_store.read_frame(path, index, number)
-                yield from multipart.bytes_part(boundary, media, data, transfer_syntax=syntax,
-                                                location=f"{base}/{number}")  # fmt: skip
+                location = f"{base}/{number}"
+                if index.bits_allocated == 1 and not index.encapsulated:  # bit-packed: small, realigned
+                    data = frame_store.read_frame(path, index, number)
+                    yield from multipart.bytes_part(boundary, media, data, transfer_syntax=syntax, location=location)
+                    continue
+                length = sum(size for _, size in frame_store.frame_ranges(index, number))
+                yield multipart.part_header(boundary, media, length, transfer_syntax=syntax, location=location)
+                yield from frame_store.iter_frame_chunks(path, index, number)
+                yield b"\r\n"
             yield multipart.closing(boundary)
 
         return StreamingResponse(body(), headers={"Content-Type": multipart.content_type(boundary, media)})

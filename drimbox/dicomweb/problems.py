@@ -11,10 +11,11 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from drimbox.dicomweb.accept import BadAccept, NotAcceptable
-from drimbox.errors import AccessDenied, DrimboxError, InvalidUID, TokenRejected, VerifierUnavailable
+from drimbox.errors import AccessDenied, DimseError, DrimboxError, InvalidUID, TokenRejected, VerifierUnavailable
 from drimbox.store.frames import FrameAccessUnsupported, FrameNotFound, InvalidFrameNumber
 from drimbox.store.pixels import RenderError, TranscodeError
 
@@ -61,6 +62,8 @@ def _status_of(exc: Exception) -> tuple[int, dict[str, str]]:
         return 403, {}
     if isinstance(exc, VerifierUnavailable):
         return 503, {"Retry-After": "30"}
+    if isinstance(exc, DimseError):
+        return 502, {}
     if isinstance(exc, NotAcceptable):
         return 406, {}
     if isinstance(exc, BadAccept | InvalidUID | InvalidFrameNumber):
@@ -91,6 +94,14 @@ def install(app: FastAPI) -> None:
         assert isinstance(exc, StarletteHTTPException)
         return problem_response(exc.status_code, str(exc.detail), dict(exc.headers or {}))
 
+    async def on_anything(request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, OperationalError):
+            log.warning("index unavailable", extra={"event": "http.index_unavailable", "reason": str(exc)[:200]})
+            return problem_response(503, "the index is busy or unreachable; retry", {"Retry-After": "5"})
+        log.exception("request crashed", extra={"event": "http.crashed", "path": request.url.path})
+        return problem_response(500, "the box could not answer; see its log")
+
+    app.add_exception_handler(Exception, on_anything)
     app.add_exception_handler(DrimboxError, on_drimbox_error)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)

@@ -24,6 +24,7 @@ from drimbox.dicomweb.accept import NotAcceptable, SyntaxChoice, accepts_json, d
 from drimbox.dicomweb.access import AccessScope
 from drimbox.dicomweb.fetching import RetrievalHub
 from drimbox.dicomweb.problems import Problem
+from drimbox.errors import RetrieveFailed
 from drimbox.index.repository import HeldInstance, IndexRepository
 from drimbox.ports import AuditEvent, AuditTrail
 from drimbox.store import metadata
@@ -89,11 +90,19 @@ class Wado:
             if uid in sent or (sop is not None and uid != sop):
                 continue
             landed = self.index.held_one(uid)
-            if landed is not None:
-                sent.add(uid)
-                yield landed
-                if sop is not None:
-                    return
+            if landed is None:
+                continue  # evicted already, or refused: counted as missing below
+            if landed.study_uid != study or (series is not None and landed.series_uid != series):
+                log.warning("foreign instance not served", extra={"event": "wado.foreign", "study_uid": study})
+                continue  # a PACS answering with another study's instance must not leak it
+            sent.add(uid)
+            yield landed
+            if sop is not None:
+                return
+        missing = (known if sop is None else {sop}) - sent
+        if missing:
+            # Raising after the first part cuts the response: the client sees it incomplete.
+            raise RetrieveFailed(f"the PACS delivered {len(sent)} of {len(sent) + len(missing)} instances")
 
     def _known(self, study: str, series: str | None) -> bool:
         return self.index.series_known(study, series) if series else self.index.study_known(study)
@@ -142,7 +151,7 @@ class Wado:
         if syntax == held.transfer_syntax_uid:
             yield from multipart.file_part(boundary, DICOM, Path(held.path), transfer_syntax=syntax, location=location)
             return
-        with tempfile.SpooledTemporaryFile(max_size=_SPOOL) as spool:
+        with tempfile.SpooledTemporaryFile(max_size=_SPOOL, dir=_dir(self.work_folder)) as spool:
             self.transcoder.write(Path(held.path), syntax, spool)  # type: ignore[arg-type]
             length = spool.tell()
             spool.seek(0)
@@ -254,3 +263,8 @@ def wado_router(wado: Wado, authorize: Callable[..., AccessScope]) -> APIRouter:
 
 def _uid(value: str) -> str:
     return checked_uid(value, "UID in the path")
+
+
+def _dir(folder: Path | None) -> str | None:
+    """Spill transcoded parts to the data folder, never to /tmp (often RAM-backed tmpfs)."""
+    return str(folder) if folder is not None else None

@@ -158,7 +158,7 @@ def frame_ranges(index: FrameIndex, number: int) -> tuple[Range, ...]:
 def parse_frame_numbers(text: str) -> tuple[int, ...]:
     """The frame list of a WADO-RS frames URL (PS3.18 §10.4.1.1.4: `1,3,5`), in the order given."""
     parts = [part.strip() for part in text.split(",")]
-    if not parts or not all(part.isascii() and part.isdigit() for part in parts):
+    if not parts or not all(part.isascii() and part.isdigit() and len(part) <= 9 for part in parts):
         raise InvalidFrameNumber(f"frame list {text[:80]!r} is not a comma-separated list of frame numbers")
     numbers = tuple(int(part) for part in parts)
     if 0 in numbers:

@@ -72,6 +72,8 @@ class InstanceIntake:
             raise
         replacing = final.exists()
         self.store.admit(received, inspected)
+        if replacing:  # offsets of the previous copy no longer hold
+            final.with_suffix(".frames.json").unlink(missing_ok=True)
         try:
             self.index.record_stored(entry, peer)
         except BaseException:

@@ -82,6 +82,8 @@ def _vr_of(ds: Dataset, raw: DataElement | RawDataElement, tag: BaseTag) -> str:
 
 
 def _is_bulk(raw: DataElement | RawDataElement, vr: str) -> bool:
+    if vr == "SQ":
+        return False  # PS3.18 F.2: sequences are always inlined (functional groups of enhanced objects)
     if isinstance(raw, RawDataElement):
         if raw.value is None:  # deferred: too big to have been read
             return True

@@ -278,7 +278,9 @@ def test_frames_bulkdata_rendered_and_thumbnails(box: Box) -> None:
         (f"{base}/frames/6", 404),
         (f"{base}/frames/0", 404),
         (f"{base}/frames/1,x", 400),
-        (f"{base}/frames/99999999999999999999", 404),
+        (f"{base}/frames/99999999999999999999", 400),
+        (f"{base}/frames/" + "1" * 5000, 400),
+        (f"{base}/frames/999999999", 404),
         (f"{base}/rendered?window=1,0", 400),
         (f"{base}/rendered?viewport=100000,1", 400),
         (f"{base}/bulkdata/ZZZZ", 400),
@@ -331,3 +333,22 @@ def test_tokens_checked_by_introspection_at_the_psc_sandbox(box: Box) -> None:
     finally:
         served.stop()
         provider.stop()
+
+
+def test_a_short_delivery_cuts_the_response_and_the_next_request_retries(box: Box, orthanc: Orthanc) -> None:
+    ct = [f for f in box.files if dcmread(f).Modality == "CT"]
+    series_uid = dcmread(ct[0]).SeriesInstanceUID
+    for path in ct[-3:]:
+        orthanc.delete_instance(dcmread(path).SOPInstanceUID)  # the index still expects them
+    url = f"{box.url}/studies/{box.study_uid}/series/{series_uid}"
+    received = bytearray()
+    with pytest.raises(httpx.HTTPError), httpx.stream("GET", url, headers=box.headers(), timeout=60) as response:
+        assert response.status_code == 200
+        for chunk in response.iter_bytes():
+            received += chunk
+    assert received.count(b"Content-Type: application/dicom") == 57, "what landed was streamed"
+    assert not received.endswith(b"--\r\n"), "no closing delimiter: the client knows the series is incomplete"
+    started = box.node.wado.hub.started
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(url, headers=box.headers(), timeout=60)
+    assert box.node.wado.hub.started == started + 1, "a failed retrieval is not remembered: the next request retries"

@@ -51,3 +51,27 @@ def test_remove_never_leaves_the_store(tmp_path: Path) -> None:
     outside.write_text("keep")
     store.remove([str(outside), str(store.root / ".." / ".." / "precious.txt")])
     assert outside.exists()
+
+
+def test_metadata_inlines_sequences_and_refers_to_bulk_data(tmp_path: Path) -> None:
+    from pydicom import Dataset, dcmread
+    from pydicom.sequence import Sequence
+
+    from drimbox.store.metadata import metadata_json
+
+    [source] = write_study(StudySpec(series=[(CT, "CT", 1)]), tmp_path / "src")
+    ds = dcmread(source)
+    groups = []
+    for number in range(200):  # a per-frame functional groups sequence far above the bulk threshold
+        item = Dataset()
+        item.FrameLabel = f"frame {number}"
+        groups.append(item)
+    ds.PerFrameFunctionalGroupsSequence = Sequence(groups)
+    ds.save_as(source)
+    meta = metadata_json(dcmread(source, defer_size=1024), "https://box/dicom-web/studies/1/series/2/instances/3")
+    per_frame = meta["52009230"]
+    assert per_frame["vr"] == "SQ" and len(per_frame["Value"]) == 200
+    assert meta["7FE00010"] == {
+        "vr": "OW",
+        "BulkDataURI": "https://box/dicom-web/studies/1/series/2/instances/3/bulkdata/7FE00010",
+    }
