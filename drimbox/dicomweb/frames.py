@@ -216,6 +216,7 @@ def _representative(wado: Wado, scope: AccessScope, study: str, series: str | No
         checked_uid(series, "series UID in the path")
     held = wado.index.held(study, series)
     if held:
+        wado.audit.record(AuditEvent("dicomweb.pixels", scope.subject, study_uid=study))
         return held[len(held) // 2]
     first = next(wado.instances(study, series), None)
     if first is None:

@@ -64,7 +64,11 @@ def file_part(boundary: str, part_type: str, path: Path, *, transfer_syntax: str
     """
     with open(path, "rb") as handle:
         length = os.fstat(handle.fileno()).st_size
-        yield part_header(boundary, part_type, length, transfer_syntax=transfer_syntax, location=location)
+        header = part_header(boundary, part_type, length, transfer_syntax=transfer_syntax, location=location)
+        if length <= CHUNK:  # one write per small instance: each chunk costs a thread hop in the server
+            yield header + b"".join(file_chunks(handle, length)) + b"\r\n"
+            return
+        yield header
         yield from file_chunks(handle, length)
         yield b"\r\n"
 

@@ -173,9 +173,12 @@ class Wado:
         headers = {"ETag": etag, "Cache-Control": "private, no-cache", "Vary": "Accept-Encoding"}
         self.audit.record(AuditEvent("dicomweb.metadata", scope.subject, study_uid=study,
                                      detail={"series_uid": series or "", "sop_uid": sop or ""}))  # fmt: skip
+        gzipped = _accepts_gzip(request.headers.get("accept-encoding", ""))
+        if gzipped:
+            headers["ETag"] = etag = etag[:-1] + '-gz"'  # one validator per content coding (RFC 9110 §8.8.3)
         if etag in _etags(request.headers.get("if-none-match")):
             return Response(status_code=304, headers=headers)
-        if "gzip" in request.headers.get("accept-encoding", "").lower():
+        if gzipped:
             headers["Content-Encoding"] = "gzip"
             return StreamingResponse(_gzipped(_plain_array(sidecars)), media_type=DICOM_JSON, headers=headers)
         return StreamingResponse(_plain_array(sidecars), media_type=DICOM_JSON, headers=headers)
@@ -188,6 +191,14 @@ class Wado:
 def _etag(versions: list[tuple[str, int, int]]) -> str:
     """A strong validator of the metadata: changes whenever any instance's sidecar does."""
     return '"' + hashlib.sha256(repr(versions).encode()).hexdigest()[:32] + '"'
+
+
+def _accepts_gzip(header: str) -> bool:
+    for coding in header.lower().split(","):
+        name, _, params = coding.strip().partition(";")
+        if name.strip() in ("gzip", "*"):
+            return params.replace(" ", "") not in ("q=0", "q=0.0", "q=0.00", "q=0.000")
+    return False
 
 
 def _etags(header: str | None) -> set[str]:

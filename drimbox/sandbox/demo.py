@@ -140,16 +140,25 @@ class DemoPacs:
         """C-STORE `files` into the demo PACS; return how many it accepted."""
         ae = AE(ae_title="DEMOLOADER")
         ae.requested_contexts = StoragePresentationContexts
-        assoc = ae.associate("127.0.0.1", self.port, ae_title=PACS_AE)
-        if not assoc.is_established:
-            raise DrimboxError("the demo PACS refused the association to load samples")
+        ae.dimse_timeout = 10
+        assoc = None
         stored = 0
         try:
             for path in files:
-                status = assoc.send_c_store(dcmread(path))
-                stored += int(status.get("Status", 0xFFFF) == 0x0000)
+                # pynetdicom's requestor can lose a response to its own reactor thread under load
+                # (then waits dimse_timeout and aborts): associate again and resend, 3 tries.
+                for _ in range(3):
+                    if assoc is None or not assoc.is_established:
+                        assoc = ae.associate("127.0.0.1", self.port, ae_title=PACS_AE)
+                        if not assoc.is_established:
+                            raise DrimboxError("the demo PACS refused the association to load samples")
+                    status = assoc.send_c_store(dcmread(path))
+                    if status.get("Status") is not None:
+                        stored += int(status.Status == 0x0000)
+                        break
         finally:
-            assoc.release()
+            if assoc is not None and assoc.is_established:
+                assoc.release()
         return stored
 
     def stop(self) -> None:
