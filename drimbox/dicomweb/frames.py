@@ -136,8 +136,13 @@ def frames_router(wado: Wado, authorize: Callable[..., AccessScope]) -> APIRoute
         media, syntax = frame_media(index, parse_accept(request.headers.get("accept")))
         boundary = multipart.new_boundary()
         path = Path(held.path)
+        wado.cache.served([held.sop_uid])
 
         def body() -> Iterator[bytes]:
+            with wado.cache.pinned(held.sop_uid):
+                yield from frame_parts()
+
+        def frame_parts() -> Iterator[bytes]:
             base = f"{wado.public_prefix}/studies/{study}/series/{series}/instances/{sop}/frames"
             for number in wanted:
                 location = f"{base}/{number}"

@@ -73,6 +73,11 @@ class Wado:
 
     def instances(self, study: str, series: str | None = None, sop: str | None = None) -> Iterator[HeldInstance]:
         """The instances asked for: those we hold at once, then the others as they arrive from the PACS."""
+        if sop is not None:  # one instance: one indexed lookup, not a scan of its series
+            one = self.index.held_one(sop)
+            if one is not None and (one.study_uid, one.series_uid) == (study, series) and Path(one.path).is_file():
+                yield one
+                return
         known = self.index.instance_uids(study, series)
         if not known and not self._known(study, series):
             raise Problem(404, "no such study or series on this box")

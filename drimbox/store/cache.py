@@ -74,16 +74,15 @@ class StoreCache:
             if not candidates:
                 break
             chosen = []
-            for held in candidates:
-                if freed >= goal:
-                    break
-                with self._lock:
-                    busy = held.sop_uid in self._pins
-                if busy:
-                    skipped += 1
-                    continue
-                chosen.append(held)
-                freed += held.size
-            self.index.release_files(h.sop_uid for h in chosen)
-            self.store.remove([h.path for h in chosen])
+            with self._lock:  # no pin can be taken between the check and the removal
+                for held in candidates:
+                    if freed >= goal:
+                        break
+                    if held.sop_uid in self._pins:
+                        skipped += 1
+                        continue
+                    chosen.append(held)
+                    freed += held.size
+                self.index.release_files(h.sop_uid for h in chosen)
+                self.store.remove([h.path for h in chosen])
         return freed
