@@ -72,6 +72,7 @@ class InstanceIntake:
             raise
         replacing = final.exists()
         self.store.admit(received, inspected)
+        inspected.dataset.filename = str(final)  # values pydicom deferred are now read from here
         if replacing:  # offsets of the previous copy no longer hold
             final.with_suffix(".frames.json").unlink(missing_ok=True)
         try:

@@ -52,3 +52,29 @@ def test_least_recently_served_go_first_and_pinned_stay(tmp_path: Path) -> None:
     assert files == kept, "the index and the files agree after eviction"
     assert not [p for p in store.root.rglob("*.meta.gz") if p.name.split(".meta")[0] not in kept]
     assert index.instance_uids(index.least_recently_served(1)[0].study_uid) == set(uids), "evicted stay indexed"
+
+
+def test_intake_metadata_keeps_large_sequences(tmp_path: Path) -> None:
+    """Values pydicom deferred at inspection are read from the file's final place (not incoming/)."""
+    import gzip
+    import json
+
+    from pydicom import Dataset, dcmread
+    from pydicom.sequence import Sequence
+
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'index.db'}")
+    db.upgrade(engine)
+    index, store = IndexRepository(engine), InstanceStore(tmp_path / "data")
+    intake = InstanceIntake(store, index, NoAudit(), "http://box.test/dicom-web")
+    [source] = write_study(StudySpec(series=[(CT, "CT", 1)]), tmp_path / "src")
+    ds = dcmread(source)
+    ds.PerFrameFunctionalGroupsSequence = Sequence([Dataset() for _ in range(300)])
+    for number, item in enumerate(ds.PerFrameFunctionalGroupsSequence):
+        item.FrameLabel = f"slice {number}"
+    received = store.incoming / "cstore-1.dcm"
+    ds.save_as(received)
+    entry = intake.admit(received, sender="TEST")
+    final = store.path_for(entry.study.study_uid, entry.series.series_uid, entry.instance.sop_uid)
+    meta = json.loads(gzip.decompress(final.with_suffix(".meta.gz").read_bytes()))
+    assert len(meta["52009230"]["Value"]) == 300
+    engine.dispose()
