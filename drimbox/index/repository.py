@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, Select, func, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -311,12 +311,7 @@ class IndexRepository:
     def held_one(self, sop_uid: str) -> HeldInstance | None:
         """One instance by SOP Instance UID, when its file is in our store."""
         with self.session() as session:
-            query = (
-                select(Study.study_uid, Series.series_uid, Instance)
-                .join(Series, Instance.series_pk == Series.id)
-                .join(Study, Series.study_pk == Study.id)
-                .where(Instance.sop_uid == sop_uid, Instance.file_path.is_not(None))
-            )
+            query = _held_rows().where(Instance.sop_uid == sop_uid)
             row = session.execute(query).first()
             if row is None:
                 return None
@@ -326,10 +321,8 @@ class IndexRepository:
         """Instances of a study (or series) whose file is in our store."""
         with self.session() as session:
             query = (
-                select(Study.study_uid, Series.series_uid, Instance)
-                .join(Series, Instance.series_pk == Series.id)
-                .join(Study, Series.study_pk == Study.id)
-                .where(Study.study_uid == study_uid, Instance.file_path.is_not(None))
+                _held_rows()
+                .where(Study.study_uid == study_uid)
                 .order_by(Series.series_number, Instance.instance_number)
             )
             if series_uid:
@@ -360,14 +353,7 @@ class IndexRepository:
     def least_recently_served(self, limit: int) -> list[HeldInstance]:
         """Held instances, least recently served first (the eviction order)."""
         with self.session() as session:
-            query = (
-                select(Study.study_uid, Series.series_uid, Instance)
-                .join(Series, Instance.series_pk == Series.id)
-                .join(Study, Series.study_pk == Study.id)
-                .where(Instance.file_path.is_not(None))
-                .order_by(Instance.last_access, Instance.id)
-                .limit(limit)
-            )
+            query = _held_rows().order_by(Instance.last_access, Instance.id).limit(limit)
             return [_held(study, series, i) for study, series, i in session.execute(query)]
 
     def release_files(self, sop_uids: Iterable[str]) -> None:
@@ -429,6 +415,16 @@ class IndexRepository:
                 instances_held=int(held[0]),
                 bytes_held=int(held[1] or 0),
             )
+
+
+def _held_rows() -> Select[str, str, Instance]:
+    """Instances whose file we hold, with their study and series UIDs."""
+    return (
+        select(Study.study_uid, Series.series_uid, Instance)
+        .join(Series, Instance.series_pk == Series.id)
+        .join(Study, Series.study_pk == Study.id)
+        .where(Instance.file_path.is_not(None))
+    )
 
 
 def _held(study_uid: str, series_uid: str, row: Instance) -> HeldInstance:
