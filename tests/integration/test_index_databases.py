@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,12 +21,7 @@ def index(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[IndexRepos
         url = f"sqlite:///{tmp_path / 'index.db'}"
     else:
         server: Postgres = request.getfixturevalue("postgres")
-        name = f"t{uuid.uuid4().hex[:12]}"
-        admin = db.make_engine(server.url())
-        with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            conn.execute(text(f"CREATE DATABASE {name}"))
-        admin.dispose()
-        url = server.url(name)
+        url = server.new_database("t")
     engine = db.make_engine(url)
     db.upgrade(engine)
     yield IndexRepository(engine)

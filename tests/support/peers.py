@@ -15,9 +15,13 @@ import socket
 import subprocess
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import httpx
+from sqlalchemy import text
+
+from drimbox.index import db
 
 SUPPORT = Path(__file__).parent
 
@@ -259,6 +263,15 @@ class Postgres:
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+
+    def new_database(self, prefix: str = "t") -> str:
+        """A fresh, empty database in this cluster; its URL."""
+        name = f"{prefix}{uuid.uuid4().hex[:12]}"
+        admin = db.make_engine(self.url())
+        with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text(f"CREATE DATABASE {name}"))
+        admin.dispose()
+        return self.url(name)
 
     def stop(self) -> None:
         data = self.folder / "data"

@@ -27,20 +27,12 @@ from drimbox.config import AuthSettings
 from drimbox.errors import TokenRejected, VerifierUnavailable
 from drimbox.ports import Principal
 from drimbox.sandbox.oidc import PRACTITIONERS, PscSandbox, SandboxClient
+from tests.support.clock import START, FakeClock
 
 # A secret with characters RFC 6749 §2.3.1 form-encodes inside Basic credentials.
 BOX = SandboxClient("drimbox-source", "sécret+/: de test")
 VIEWER = SandboxClient("viewer-app", "viewer-secret", ("http://127.0.0.1:9/callback",))
-START = 1_800_000_000.0
 HELENE, FRANCOIS = (p.subject_name_id for p in PRACTITIONERS)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = START
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture(scope="module")

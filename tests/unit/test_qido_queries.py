@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -82,12 +81,7 @@ def index(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         url = f"sqlite:///{tmp_path_factory.mktemp('qido') / 'index.db'}"
     else:
         server: Postgres = request.getfixturevalue("postgres")
-        name = f"q{uuid.uuid4().hex[:12]}"
-        admin = db.make_engine(server.url())
-        with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            conn.execute(text(f"CREATE DATABASE {name}"))
-        admin.dispose()
-        url = server.url(name)
+        url = server.new_database("q")
     engine = db.make_engine(url)
     db.upgrade(engine)
     repository = IndexRepository(engine)

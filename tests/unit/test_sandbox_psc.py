@@ -19,22 +19,14 @@ from drimbox.config import AuthSettings
 from drimbox.errors import TokenRejected
 from drimbox.sandbox.http import serve_in_thread
 from drimbox.sandbox.oidc import PRACTITIONERS, PscSandbox, SandboxClient
+from tests.support.clock import START, FakeClock
 
 REDIRECT = "http://127.0.0.1:9/callback"
 VIEWER = SandboxClient("viewer-app", "viewer-secret", (REDIRECT,))
 BOX = SandboxClient("drimbox-source", "box-secret")
 VERIFIER = "k" * 43 + "-._~verifier"
 CHALLENGE = base64.urlsafe_b64encode(hashlib.sha256(VERIFIER.encode()).digest()).rstrip(b"=").decode()
-START = 1_800_000_000.0
 HELENE, FRANCOIS = PRACTITIONERS
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = START
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture(scope="module")
