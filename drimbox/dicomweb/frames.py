@@ -7,8 +7,6 @@ instance costs one seek and one read, whatever the frame number.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -54,21 +52,10 @@ _MAX_VIEWPORT = 8192
 
 
 def frame_index_of(held: HeldInstance, work: Path | None) -> FrameIndex:
-    """The instance's frame index, from its sidecar, computed and kept on first use."""
-    path = Path(held.path)
-    sidecar = path.with_suffix(".frames.json")
-    try:
-        if sidecar.stat().st_mtime_ns >= path.stat().st_mtime_ns:  # else the instance was replaced since
-            return FrameIndex.from_json(sidecar.read_bytes())
-    except FileNotFoundError:
-        pass
-    index = frame_store.index_frames(path)
+    """The instance's frame index (computed once, kept beside it), or 404 without pixel data."""
+    index = frame_store.cached_frame_index(Path(held.path), work)
     if index is None:
         raise Problem(404, "this instance has no pixel data")
-    descriptor, partial = tempfile.mkstemp(dir=work or path.parent, prefix=".", suffix=".part")
-    with os.fdopen(descriptor, "w", encoding="ascii") as handle:
-        handle.write(index.to_json())
-    os.replace(partial, sidecar)
     return index
 
 

@@ -133,6 +133,15 @@ class InstanceStore:
                 path.with_suffix(".frames.json").unlink(missing_ok=True)
 
 
+def write_atomically(target: Path, data: bytes, work: Path | None = None) -> None:
+    """Write `target` whole or not at all: a partial file in `work` (the store's incoming/, cleaned
+    at start; default: beside `target`), then a rename."""
+    descriptor, partial = tempfile.mkstemp(dir=work or target.parent, prefix=".", suffix=".part")
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(data)
+    os.replace(partial, target)
+
+
 def _check_within(elem: object, size: int) -> None:
     """A value pydicom deferred (not read) must still lie inside the file: catches truncation."""
     if not isinstance(elem, RawDataElement) or elem.value is not None or elem.length == 0xFFFFFFFF:

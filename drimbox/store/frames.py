@@ -34,6 +34,7 @@ from pydicom.uid import (
 )
 
 from drimbox.errors import DrimboxError, InvalidInstance, StoreError
+from drimbox.store.files import write_atomically
 
 Range = tuple[int, int]
 """(offset in the file, length in bytes)."""
@@ -123,6 +124,23 @@ def read_header(path: Path, *, with_index: bool = True) -> tuple[Dataset, FrameI
             return header, _index_pixels(fp.fileno(), header, fp.tell())
     except OSError as exc:
         raise StoreError(f"cannot read {path.name}: {exc.strerror or exc}") from exc
+
+
+def cached_frame_index(path: Path, work: Path | None = None) -> FrameIndex | None:
+    """The frame index of an instance file, kept beside it (`<sop>.frames.json`) once computed.
+
+    A sidecar older than the file (the instance was received again since) is recomputed.
+    """
+    sidecar = path.with_suffix(".frames.json")
+    try:
+        if sidecar.stat().st_mtime_ns >= path.stat().st_mtime_ns:
+            return FrameIndex.from_json(sidecar.read_bytes())
+    except FileNotFoundError:
+        pass
+    index = index_frames(path)
+    if index is not None:
+        write_atomically(sidecar, index.to_json().encode("ascii"), work)
+    return index
 
 
 def read_frame(path: Path, index: FrameIndex, number: int) -> bytes:

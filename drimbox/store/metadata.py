@@ -13,8 +13,6 @@ from __future__ import annotations
 import gzip
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,8 @@ from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
+
+from drimbox.store.files import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -104,11 +104,7 @@ def write_sidecar(instance_file: Path, ds: Dataset, base_url: str, work: Path | 
     never leaves debris beside the instances.
     """
     target = sidecar(instance_file)
-    data = encode(metadata_json(ds, base_url))
-    descriptor, partial = tempfile.mkstemp(dir=work or target.parent, prefix=".", suffix=".part")
-    with os.fdopen(descriptor, "wb") as handle:
-        handle.write(data)
-    os.replace(partial, target)
+    write_atomically(target, encode(metadata_json(ds, base_url)), work)
     return target
 
 
