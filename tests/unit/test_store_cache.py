@@ -18,11 +18,17 @@ class NoAudit:
         pass
 
 
-def _filled(tmp_path: Path, count: int) -> tuple[IndexRepository, InstanceStore, list[str]]:
+def _intake(tmp_path: Path) -> InstanceIntake:
     engine = db.make_engine(f"sqlite:///{tmp_path / 'index.db'}")
     db.upgrade(engine)
-    index, store = IndexRepository(engine), InstanceStore(tmp_path / "data")
-    intake = InstanceIntake(store, index, NoAudit(), "http://box.test/dicom-web")
+    return InstanceIntake(
+        InstanceStore(tmp_path / "data"), IndexRepository(engine), NoAudit(), "http://box.test/dicom-web"
+    )
+
+
+def _filled(tmp_path: Path, count: int) -> tuple[IndexRepository, InstanceStore, list[str]]:
+    intake = _intake(tmp_path)
+    index, store = intake.index, intake.store
     uids = []
     for source in write_study(StudySpec(series=[(CT, "CT", count)], rows=64, columns=64), tmp_path / "src"):
         received = store.incoming / source.name
@@ -62,10 +68,8 @@ def test_intake_metadata_keeps_large_sequences(tmp_path: Path) -> None:
     from pydicom import Dataset, dcmread
     from pydicom.sequence import Sequence
 
-    engine = db.make_engine(f"sqlite:///{tmp_path / 'index.db'}")
-    db.upgrade(engine)
-    index, store = IndexRepository(engine), InstanceStore(tmp_path / "data")
-    intake = InstanceIntake(store, index, NoAudit(), "http://box.test/dicom-web")
+    intake = _intake(tmp_path)
+    store = intake.store
     [source] = write_study(StudySpec(series=[(CT, "CT", 1)]), tmp_path / "src")
     ds = dcmread(source)
     ds.PerFrameFunctionalGroupsSequence = Sequence([Dataset() for _ in range(300)])
@@ -77,4 +81,4 @@ def test_intake_metadata_keeps_large_sequences(tmp_path: Path) -> None:
     final = store.path_for(entry.study.study_uid, entry.series.series_uid, entry.instance.sop_uid)
     meta = json.loads(gzip.decompress(final.with_suffix(".meta.gz").read_bytes()))
     assert len(meta["52009230"]["Value"]) == 300
-    engine.dispose()
+    intake.index.engine.dispose()
