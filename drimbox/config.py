@@ -208,6 +208,77 @@ class IndexSettings(_Section):
     echo_interval_seconds: float = Field(default=60, gt=0)
 
 
+class Hl7Settings(_Section):
+    """The MLLP listener the RIS sends validated reports to (CI-SIS HL7v2 profile 2.1)."""
+
+    enabled: bool = True
+    bind: str = "127.0.0.1"
+    port: int = Field(default=2575, ge=1, le=65535)
+    accept_from: list[str] = Field(default_factory=list, description="client IPs allowed; empty = any")
+    max_message_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    max_connections: int = Field(default=32, ge=1, le=1024)
+    idle_timeout: float = Field(default=300.0, gt=0, description="seconds a silent connection is kept")
+    imaging_document_types: list[str] = Field(default_factory=lambda: ["18748-4"], min_length=1)
+    other_document_types: Literal["reject", "ignore"] = Field(
+        default="reject", description="reject = AE naming the type; ignore = AA, recorded, nothing published"
+    )
+    business_ack: bool = Field(default=False, description="send ZAM^Z01 to the RIS once the DMP answered")
+    business_ack_host: str = ""
+    business_ack_port: int = Field(default=2576, ge=1, le=65535)
+
+    _bind_ip = field_validator("bind")(lambda cls, v: _check_ip(v))
+
+
+class PublicationSettings(_Section):
+    """How report intents become DMP submissions: waiting for images, retries, what is sent."""
+
+    enabled: bool = True
+    peer: str = Field(default="", description="PACS peer holding the studies; empty = the only one")
+    wait_for_images_hours: float = Field(default=24, gt=0)
+    images_retry_seconds: float = Field(default=300, gt=0, description="between two looks at an incomplete study")
+    retry_base_seconds: float = Field(default=30, gt=0, description="first wait after a DMP network error")
+    retry_max_seconds: float = Field(default=3600, gt=0)
+    give_up_hours: float = Field(default=72, gt=0, description="an intent still unsent after this is failed")
+    poll_seconds: float = Field(default=2, gt=0, description="how often the worker looks for due work")
+    include_report: bool = Field(default=False, description="also publish the CDA report in the submission set")
+    replacement: Literal["explicit", "explicit-or-new-report"] = Field(
+        default="explicit-or-new-report",
+        description="explicit-or-new-report also replaces when a new report names an already published study",
+    )
+    check_accession: bool = True
+    check_patient_id: bool = True
+    ins_roots: list[str] = Field(
+        default_factory=lambda: ["1.2.250.1.213.1.4.8", "1.2.250.1.213.1.4.9"],
+        description="INS OIDs accepted as qualified identities (demo adds the test OIDs)",
+    )
+    kos_series_number: int = Field(default=9999, ge=1)
+
+
+class DmpSettings(_Section):
+    """The DMP (IHE XDS.b over SOAP 1.2/MTOM, mutual TLS, VIHF). Files are PKCS#12 (IGC-Santé ORG)."""
+
+    url: str = "https://lps.dev9.dmp.gouv.fr/si-dmp-server/v2/services"
+    auth_pkcs12: Path | None = Field(default=None, description="ORG certificate for TLS client authentication")
+    auth_password: str = ""
+    signature_pkcs12: Path | None = Field(default=None, description="ORG certificate signing VIHF and XAdES")
+    signature_password: str = ""
+    ca_bundle: Path | None = Field(default=None, description="CA certificates for the DMP's server certificate")
+    timeout_seconds: float = Field(default=30, gt=0)
+    signature_algorithm: Literal["rsa-sha1", "rsa-sha256"] = "rsa-sha1"
+    source_id: str = Field(default="", description="our sourceId OID (SubmissionSet.sourceId)")
+    uid_root: str = Field(default="", description="OID root for submission uniqueIds; empty = 2.25 UUIDs")
+    lps_id: str = ""
+    lps_name: str = "DRIMbox"
+    lps_version: str = "0.1.0"
+    homologation_id: str = ""
+    author: Literal["person", "device"] = "person"
+    content_type_code: str = "04"
+    content_type_system: str = "1.2.250.1.213.2.2"
+    content_type_display: str = "Hospitalisation de jour"
+    practice_setting_code: str = "AMBULATOIRE"
+    facility_type_code: str = "SA07"
+
+
 class Settings(BaseSettings):
     """Everything drimbox needs to run, validated at start."""
 
@@ -223,6 +294,9 @@ class Settings(BaseSettings):
     index: IndexSettings = IndexSettings()
     auth: AuthSettings
     dicomweb: DicomwebSettings = DicomwebSettings()
+    hl7: Hl7Settings = Hl7Settings()
+    publication: PublicationSettings = PublicationSettings()
+    dmp: DmpSettings = DmpSettings()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @classmethod
@@ -246,6 +320,8 @@ class Settings(BaseSettings):
                 url = getattr(self.auth, key)
                 if url and not url.startswith("https://"):
                     raise ValueError(f'auth.{key}: must be https in production (mode = "demo" allows http)')
+        if self.mode == "production" and not self.dmp.url.startswith("https://"):
+            raise ValueError('dmp.url: must be https in production (mode = "demo" allows http)')
         for name, peer in self.pacs.items():
             if self.dicomweb.workers > 1 and peer.retrieve == "c-move":
                 raise ValueError(f"pacs.{name}.retrieve: must be c-get when dicomweb.workers > 1 "
@@ -307,6 +383,7 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
             "store": resolved(settings.store, "folder"),
             "http": settings.http.model_copy(update={"tls": tls}),
             "auth": resolved(settings.auth, "client_certificate", "client_key", "ca_bundle"),
+            "dmp": resolved(settings.dmp, "auth_pkcs12", "signature_pkcs12", "ca_bundle"),
         }
     )
 

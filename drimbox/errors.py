@@ -65,3 +65,26 @@ class TokenRejected(AccessDenied):
 
 class VerifierUnavailable(DrimboxError):
     """The token verifier (introspection endpoint, JWKS) cannot be reached or answers nonsense (HTTP 503)."""
+
+
+class ReportRefused(DrimboxError):
+    """A report we will not publish as it is (bad CDA, doubtful identity, unknown document type).
+
+    `location` points at the faulty element (an XPath in the CDA or an HL7 field such as PID^1^3).
+    """
+
+    def __init__(self, message: str, location: str = "") -> None:
+        super().__init__(message)
+        self.location = location
+
+
+class DmpUnavailable(DrimboxError):
+    """The DMP did not give a definitive answer (network, timeout, 5xx): try again later."""
+
+
+class DmpRefused(DrimboxError):
+    """The DMP answered Failure: definitive for this submission. `issues` carries its error codes."""
+
+    def __init__(self, message: str, issues: tuple[object, ...] = ()) -> None:
+        super().__init__(message)
+        self.issues = issues

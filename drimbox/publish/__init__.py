@@ -1,0 +1,1 @@
+"""Publication of KOS manifests to the DMP: the outbox, study assembly and the worker that sends."""
