@@ -37,6 +37,8 @@ class ReportMessage:
     `document` is the CDA exactly as carried (base64-decoded bytes); `flags` maps each
     MetaDMPMSS OBX code (MASQUE_PS, INVISIBLE_PATIENT, DESTDMP, ...) to its value (`Y`/`N`, or
     text). `replaces_hint` is TXA-13 when the message names the document it replaces.
+    An order message (OMI^O23) carries no document: `document` is empty and `study_uids` /
+    `accession_number` (IPC segment) name the exam; ORC-1 `CA` there means cancel (DELETE).
     """
 
     control_id: str
@@ -57,6 +59,8 @@ class ReportMessage:
     patient_ids: tuple[PatientIdentifier, ...] = ()
     identity_reliability: str = ""
     flags: Mapping[str, str] = field(default_factory=dict)
+    study_uids: tuple[str, ...] = ()
+    accession_number: str = ""
     charset: str = "UNICODE UTF-8"
     raw: bytes = b""
 
