@@ -72,6 +72,23 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true")
     status.set_defaults(run=cmd_status)
 
+    pubs = sub.add_parser("publications", help="publications to the DMP: state and history")
+    pubs.add_argument("id", nargs="?", type=int, help="one publication, with its whole history")
+    pubs.add_argument("--state", help="only this state (pending, waiting, ready, sending, published, refused, ...)")
+    pubs.add_argument("--study", help="only this StudyInstanceUID")
+    pubs.add_argument("--limit", type=int, default=50)
+    pubs.add_argument("--json", action="store_true", help="machine-readable output")
+    pubs.set_defaults(run=cmd_publications)
+
+    sandbox = sub.add_parser("sandbox", help="local stand-ins of the national services (tests, demo)")
+    sandbox_sub = sandbox.add_subparsers(dest="sandbox_command", required=True, metavar="ACTION")
+    pki = sandbox_sub.add_parser("pki", help="create a test PKI (IGC-Santé stand-in, ORG certificates, PKCS#12)")
+    pki.add_argument("folder", type=Path, help="where to write the CA, certificates, keys and CRLs")
+    pki.add_argument("--structure-id", required=True, help="structure id written as OU of the ORG certificates")
+    pki.add_argument("--host", action="append", default=[], help="server certificate host (repeatable)")
+    pki.add_argument("--force", action="store_true", help="replace an existing PKI in the folder")
+    pki.set_defaults(run=cmd_sandbox_pki)
+
     dbp = sub.add_parser("db", help="index database maintenance")
     dbsub = dbp.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     upgrade = dbsub.add_parser("upgrade", help="apply schema migrations")
@@ -213,6 +230,52 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"  index: {counts['patients']} patients, {counts['studies']} studies, {counts['series']} series, "
         f"{counts['instances']} instances; held {counts['instances_held']} ({counts['bytes_held'] / 1e6:.1f} MB)"
     )
+    return 0
+
+
+def cmd_publications(args: argparse.Namespace) -> int:
+    from drimbox.index import db
+    from drimbox.publish.outbox import Outbox
+
+    settings = _settings(args)
+    outbox = Outbox(db.make_engine(settings.database_url))
+    if args.id is not None:
+        try:
+            item = outbox.load(args.id, history=True).summary()
+        except KeyError:
+            raise DrimboxError(f"no publication {args.id}") from None
+        if args.json:
+            print(json.dumps(item, indent=2))
+            return 0
+        print(f"publication {item['id']}: {item['action']} of study {item['study_uid']} — {item['state']}")
+        if item["reason"]:
+            print(f"  reason: {item['reason']}")
+        print(f"  KOS {item['kos_sop_uid']}, attempts {item['attempts']}, entry {item['entry_uuid'] or '-'}")
+        for issue in item["dmp_issues"]:
+            print(f"  DMP error {issue['code']}: {issue['context']}")
+        for event in item["history"]:
+            print(f"  {event['at']}  {event['state']:<10} {event['detail']}")
+        return 0
+    items = [p.summary() for p in outbox.list(state=args.state, study_uid=args.study, limit=args.limit)]
+    if args.json:
+        print(json.dumps({"counts": outbox.counts(), "publications": items}, indent=2))
+        return 0
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(outbox.counts().items())) or "none"
+    print(f"publications: {counts}")
+    for item in items:
+        print(f"  {item['id']:>6}  {item['updated_at']}  {item['action']:<8} {item['state']:<10} "
+              f"{item['study_uid']}  {item['reason']}")  # fmt: skip
+    return 0
+
+
+def cmd_sandbox_pki(args: argparse.Namespace) -> int:
+    from drimbox.sandbox.pki import create_pki
+
+    hosts = tuple(args.host) or ("localhost", "127.0.0.1")
+    files = create_pki(args.folder, args.structure_id, hosts=hosts, force=args.force)
+    print(f"test PKI in {args.folder}:")
+    for name, value in vars(files).items():
+        print(f"  {name}: {value}")
     return 0
 
 

@@ -11,16 +11,18 @@ import os
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
 import uvicorn
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 
 from drimbox import __version__
 from drimbox.audit.log import LogAuditTrail
 from drimbox.auth.factory import make_verifier
+from drimbox.bearer import bearer_token
 from drimbox.config import Settings
 from drimbox.dicomweb import problems
 from drimbox.dicomweb.fetching import RetrievalHub
@@ -38,7 +40,11 @@ from drimbox.errors import DrimboxError
 from drimbox.index import db
 from drimbox.index.repository import IndexRepository
 from drimbox.logs import configure_logging
-from drimbox.ports import AuditTrail, TokenVerifier
+from drimbox.ports import AuditTrail, Principal, TokenVerifier
+from drimbox.publish.outbox import Outbox
+from drimbox.publish.submission import DmpGateway
+from drimbox.publishing import build_publishing
+from drimbox.status.publications import publications_router
 from drimbox.status.routes import status_router
 from drimbox.store.cache import StoreCache
 from drimbox.store.files import InstanceStore
@@ -71,6 +77,7 @@ class Node:
     indexer: PacsIndexer
     audit: AuditTrail
     wado: Wado
+    outbox: Outbox
     started: float = field(default_factory=time.time)
     peer_health: dict[str, PeerHealth] = field(default_factory=dict)
     last_indexing: dict[str, Any] = field(default_factory=dict)
@@ -141,6 +148,7 @@ class Node:
             ],
             "index": asdict(counts),
             "last_indexing": self.last_indexing,
+            "publications": self.outbox.counts(),
         }
 
 
@@ -181,8 +189,19 @@ def build_node(settings: Settings) -> Node:
     transcoder = PixelTranscoder(core.store.incoming)
     wado = Wado(core.index, hub, core.audit, public_prefix(settings), transcoder, cache, core.store.incoming,
                 settings.dicomweb.transcode == "client-preference")  # fmt: skip
+    outbox = Outbox(engine, settings.dmp.uid_root)
     return Node(
-        settings, core.index, core.store, core.connector, core.storage, scp, retriever, indexer, core.audit, wado
+        settings,
+        core.index,
+        core.store,
+        core.connector,
+        core.storage,
+        scp,
+        retriever,
+        indexer,
+        core.audit,
+        wado,
+        outbox,
     )
 
 
@@ -212,16 +231,30 @@ def build_app(node: Node, verifier: TokenVerifier | None = None) -> FastAPI:
                        max_limit=settings.dicomweb.max_limit, authorize=authorize,
                        public_prefix=public_prefix(settings), audit=node.audit)  # fmt: skip
     app.include_router(qido, prefix=settings.dicomweb.prefix)
+    app.include_router(publications_router(lambda: node.outbox, _authenticated(verifier)))
     return app
+
+
+def _authenticated(verifier: TokenVerifier) -> Callable[[Request], Principal]:
+    """The dependency of operator routes: a valid bearer token, else 401 (503 when PSC is down)."""
+
+    def authenticate(request: Request) -> Principal:
+        return verifier.verify(bearer_token(request.headers.get("authorization")))
+
+    return authenticate
 
 
 class Daemon:
     """`drimbox serve`: the DICOM listener, the HTTP server and the periodic work."""
 
-    def __init__(self, settings: Settings, index_at_start: bool = True) -> None:
+    def __init__(self, settings: Settings, index_at_start: bool = True, gateway: DmpGateway | None = None) -> None:
         self.settings = settings
         self.index_at_start = index_at_start
         self.node = build_node(settings)
+        node = self.node
+        self.publishing = build_publishing(
+            settings, node.outbox, node.index, node.connector, node.storage, node.audit, gateway
+        )
         self.app = build_app(self.node)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -233,6 +266,7 @@ class Daemon:
         if removed:
             log.info("removed interrupted transfers", extra={"event": "store.cleaned", "files": removed})
         self.node.scp.start()
+        self.publishing.start()
         self._spawn("peer-echo", self._echo_loop)
         if self.settings.index.interval_minutes > 0:
             self._spawn("indexing", self._index_loop)
@@ -261,6 +295,7 @@ class Daemon:
 
     def stop(self) -> None:
         self._stop.set()
+        self.publishing.stop()
         self.node.close()
         for thread in self._threads:
             thread.join(timeout=5)

@@ -17,11 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
 
 from drimbox.dimse.connection import ReceivedFile, receive_into
 from drimbox.errors import InstanceMismatch, InvalidInstance, StoreFull
 from drimbox.index.records import InstanceEntry
+from drimbox.kos.rejection import Rejection, read_rejection
 from drimbox.store.intake import InstanceIntake
 
 log = logging.getLogger(__name__)
@@ -49,6 +52,8 @@ class Admitted:
 
 
 Listener = Callable[[Admitted], None]
+RejectionListener = Callable[[Rejection, str], None]
+KOS_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.88.59"
 
 
 class StorageHandler:
@@ -65,6 +70,7 @@ class StorageHandler:
         self._moves: dict[int, Listener] = {}
         self._lock = threading.Lock()
         self._message_ids = itertools.count(random.randrange(1, 0xFFFF))
+        self.on_rejection: RejectionListener | None = None
         receive_into(intake.store.incoming)
 
     def listen_move(self, listener: Listener) -> tuple[int, Callable[[], None]]:
@@ -87,6 +93,10 @@ class StorageHandler:
         sender = str(sending_side.ae_title).strip()
         path = Path(event.dataset_path)
         ReceivedFile.finish(path)
+        if self.on_rejection is not None and str(request.AffectedSOPClassUID) == KOS_SOP_CLASS and on_admitted is None:
+            handled = self._rejection(path, sender)
+            if handled is not None:
+                return handled
         try:
             entry = self.intake.admit(
                 path,
@@ -111,6 +121,23 @@ class StorageHandler:
                 listener = self._moves.get(int(request.MoveOriginatorMessageID))
         if listener is not None:
             listener(Admitted.of(entry))
+        return STATUS_SUCCESS
+
+    def _rejection(self, path: Path, sender: str) -> int | Dataset | None:
+        """An IOCM rejection note goes to publication and is not stored; any other KOS is an instance."""
+        try:
+            rejection = read_rejection(dcmread(path, stop_before_pixels=True))
+        except (InvalidDicomError, OSError, ValueError, AttributeError) as exc:
+            path.unlink(missing_ok=True)
+            return _status(STATUS_CANNOT_UNDERSTAND, f"unreadable KOS: {exc}")
+        if rejection is None or self.on_rejection is None:
+            return None
+        path.unlink(missing_ok=True)
+        try:
+            self.on_rejection(rejection, sender)
+        except Exception as exc:
+            log.exception("rejection note not handled", extra={"event": "iocm.error", "peer": sender})
+            return _status(STATUS_OUT_OF_RESOURCES, f"{exc.__class__.__name__}")
         return STATUS_SUCCESS
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -117,3 +117,75 @@ class KosGrant(Base):
     kos_sop_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
     study_uid: Mapped[str] = mapped_column(String(64), index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ReportMessageRow(Base):
+    """One HL7 message from the RIS, as judged: kept so an operator can see what came and why.
+
+    `document` is the CDA of an accepted message (publication re-reads it); `raw` is kept only
+    for refused messages (to show what was wrong), truncated to 1 MiB.
+    """
+
+    __tablename__ = "report_message"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    control_id: Mapped[str] = mapped_column(String(64), default="")
+    message_type: Mapped[str] = mapped_column(String(32), default="")
+    sender: Mapped[str] = mapped_column(String(256), default="")
+    outcome: Mapped[str] = mapped_column(String(2))
+    outcome_text: Mapped[str] = mapped_column(Text, default="")
+    document_id: Mapped[str] = mapped_column(String(128), default="")
+    flags: Mapped[str] = mapped_column(Text, default="{}", doc="JSON MetaDMPMSS flags")
+    document: Mapped[bytes | None] = mapped_column(LargeBinary)
+    raw: Mapped[bytes | None] = mapped_column(LargeBinary)
+
+
+class Publication(Base):
+    """One intent towards the DMP (publish, replace or delete a study's KOS): the outbox row.
+
+    Written in the same transaction that judges the report, before the RIS gets its ACK; the
+    worker moves it through `state` and appends a `PublicationEvent` at each step. The KOS SOP
+    Instance UID and the submission set uniqueId are chosen once and never change, which is what
+    makes a resend after a crash recognisable (idempotency key).
+    """
+
+    __tablename__ = "publication"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    message_id: Mapped[int | None] = mapped_column(ForeignKey("report_message.id"), index=True)
+    study_uid: Mapped[str] = mapped_column(String(64), index=True)
+    action: Mapped[str] = mapped_column(String(16))
+    origin: Mapped[str] = mapped_column(String(16), default="report")
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    ins: Mapped[str] = mapped_column(String(64), default="")
+    ins_root: Mapped[str] = mapped_column(String(64), default="")
+    submission_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    signature_uid: Mapped[str] = mapped_column(String(64))
+    kos_sop_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    kos_series_uid: Mapped[str] = mapped_column(String(64))
+    kos: Mapped[bytes | None] = mapped_column(LargeBinary)
+    replaces_id: Mapped[int | None] = mapped_column(ForeignKey("publication.id"))
+    replaced_entry_uuid: Mapped[str] = mapped_column(String(64), default="")
+    entry_uuid: Mapped[str] = mapped_column(String(64), default="")
+    rejected: Mapped[str] = mapped_column(Text, default="[]", doc="JSON SOP UIDs an IOCM note rejected")
+    dmp_issues: Mapped[str] = mapped_column(Text, default="[]")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    business_ack: Mapped[str] = mapped_column(String(16), default="", doc="'' | sent | failed")
+
+
+class PublicationEvent(Base):
+    """One step in a publication's history (state entered, and why)."""
+
+    __tablename__ = "publication_event"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    publication_id: Mapped[int] = mapped_column(ForeignKey("publication.id", ondelete="CASCADE"), index=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    state: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[str] = mapped_column(Text, default="")
