@@ -213,7 +213,7 @@ class Hl7Settings(_Section):
 
     enabled: bool = True
     bind: str = "127.0.0.1"
-    port: int = Field(default=2575, ge=1, le=65535)
+    port: int = Field(default=2575, ge=0, le=65535, description="0 = any free port (tests)")
     accept_from: list[str] = Field(default_factory=list, description="client IPs allowed; empty = any")
     max_message_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     max_connections: int = Field(default=32, ge=1, le=1024)

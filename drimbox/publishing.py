@@ -25,6 +25,7 @@ from drimbox.publish.iocm import RejectionHandler
 from drimbox.publish.outbox import Outbox, PublicationView
 from drimbox.publish.submission import DmpGateway
 from drimbox.publish.worker import PublicationWorker, WorkerSettings
+from drimbox.report.message import ReportAction, ReportMessage
 from drimbox.report.model import TEST_INS_ROOTS
 
 log = logging.getLogger(__name__)
@@ -135,8 +136,16 @@ def _business_ack(settings: Settings, outbox: Outbox) -> Any:
         if message is None or publication.origin != "report":
             return
         success = publication.state in ("published", "deleted")
+        application, _, facility = message.sender.partition("@")
+        original = ReportMessage(
+            control_id=message.control_id, message_type=message.message_type,
+            event=[*message.message_type.split("^"), "", ""][1], version="2.6", action=ReportAction(
+                publication.action), document=b"", document_type="", sending_application=application,
+            sending_facility=facility,
+        )  # fmt: skip
         try:
-            ack = build_business_ack(message, success, publication.reason)
+            ack = build_business_ack(original, success, error_text="" if success else publication.reason,
+                                     app_name="DRIMBOX", facility=settings.site.structure_id)  # fmt: skip
             send_message(hl7.business_ack_host, hl7.business_ack_port, ack, timeout=10)
             outbox.advance(publication.id, publication.state, "ZAM^Z01 sent to the RIS", business_ack="sent")
         except Exception as exc:
