@@ -277,6 +277,9 @@ class DmpSettings(_Section):
     content_type_display: str = "Hospitalisation de jour"
     practice_setting_code: str = "AMBULATOIRE"
     facility_type_code: str = "SA07"
+    default_author_role: str = Field(
+        default="G15_10/SM44", description="profession/specialty (VIHF roles) when the report's author has no code"
+    )
 
 
 class Settings(BaseSettings):
@@ -322,6 +325,8 @@ class Settings(BaseSettings):
                     raise ValueError(f'auth.{key}: must be https in production (mode = "demo" allows http)')
         if self.mode == "production" and not self.dmp.url.startswith("https://"):
             raise ValueError('dmp.url: must be https in production (mode = "demo" allows http)')
+        if self.mode == "production" and self.publication.enabled and not self.dmp.homologation_id:
+            raise ValueError("dmp.homologation_id: give the DMP homologation number (VIHF LPS_ID_HOMOLOGATION_DMP)")
         for name, peer in self.pacs.items():
             if self.dicomweb.workers > 1 and peer.retrieve == "c-move":
                 raise ValueError(f"pacs.{name}.retrieve: must be c-get when dicomweb.workers > 1 "
