@@ -261,7 +261,9 @@ class Daemon:
         self.server: uvicorn.Server | None = None
 
     def start_background(self) -> None:
-        """Start the DICOM listener and the periodic echo and indexing threads."""
+        """Start the DICOM listener, the publication chain and the periodic threads (once)."""
+        if self._threads:
+            return
         removed = self.node.store.clean_incoming()
         if removed:
             log.info("removed interrupted transfers", extra={"event": "store.cleaned", "files": removed})

@@ -16,17 +16,17 @@ from drimbox.config import Settings
 from drimbox.dimse.catalog import PacsCatalog
 from drimbox.dimse.connection import PeerConnector
 from drimbox.dimse.storage import StorageHandler
-from drimbox.errors import ConfigError
+from drimbox.errors import ConfigError, DmpUnavailable
 from drimbox.index.repository import IndexRepository
 from drimbox.ports import AuditTrail
 from drimbox.publish.assembly import StudyCatalog
 from drimbox.publish.inbox import PublicationInbox
 from drimbox.publish.iocm import RejectionHandler
 from drimbox.publish.outbox import Outbox, PublicationView
-from drimbox.publish.submission import DmpGateway
+from drimbox.publish.submission import DmpEntry, DmpGateway, Submission, Withdrawal
 from drimbox.publish.worker import PublicationWorker, WorkerSettings
 from drimbox.report.message import ReportAction, ReportMessage
-from drimbox.report.model import TEST_INS_ROOTS
+from drimbox.report.model import TEST_INS_ROOTS, Identifier, Report
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,9 @@ class Publishing:
             self.mllp.stop()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        close = getattr(self.worker.gateway, "close", None)
+        if callable(close):
+            close()
 
     def snapshot(self) -> dict[str, Any]:
         """Counts per state, for the status page (no patient data)."""
@@ -84,8 +87,9 @@ def build_publishing(
         publication = publication.model_copy(update={"ins_roots": roots})
     inbox = PublicationInbox(outbox, settings.hl7, publication, audit)
     storage.on_rejection = RejectionHandler(outbox, audit)
-    catalog = catalog or PacsCatalog(connector, _peer(settings))
-    gateway = gateway or SoapDmpGateway(settings.dmp, settings.site)
+    catalog = catalog or PacsCatalog(connector, _peer(settings), index)
+    if gateway is None:
+        gateway = SoapDmpGateway(settings.dmp, settings.site) if settings.publication.enabled else _Paused()
     worker = PublicationWorker(
         outbox, catalog, gateway, index, audit, worker_settings(settings), _business_ack(settings, outbox)
     )
@@ -153,3 +157,16 @@ def _business_ack(settings: Settings, outbox: Outbox) -> Any:
             outbox.advance(publication.id, publication.state, f"ZAM^Z01 not delivered: {exc}", business_ack="failed")
 
     return send
+
+
+class _Paused:
+    """The DMP when publication is disabled: the worker is not started, intents wait in the outbox."""
+
+    def provide(self, submission: Submission) -> None:
+        raise DmpUnavailable("publication is disabled ([publication] enabled = false)")
+
+    def find_entry(self, patient_ins: Identifier, unique_id: str, report: Report) -> DmpEntry | None:
+        raise DmpUnavailable("publication is disabled ([publication] enabled = false)")
+
+    def withdraw(self, withdrawal: Withdrawal) -> None:
+        raise DmpUnavailable("publication is disabled ([publication] enabled = false)")

@@ -88,6 +88,10 @@ def write_config(
         lines.append(f"{key} = {value!r}".replace("'", '"'))
     if extra:
         lines.append(extra)
+    # Nodes of tests that are not about publication have no DMP: no MLLP listener, no worker.
+    for section in ("hl7", "publication"):
+        if f"[{section}]" not in extra:
+            lines += [f"[{section}]", "enabled = false"]
     for name, peer in peers.items():
         lines.append(f"[pacs.{name}]")
         for key, value in peer.items():

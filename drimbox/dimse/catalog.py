@@ -6,18 +6,28 @@ Always asked live, never from our index: publication must describe what the PACS
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from pydicom.dataset import Dataset
 
 from drimbox.dimse.connection import PeerConnector
 from drimbox.dimse.find import STUDY_KEYS, PacsQuery
+from drimbox.index.repository import IndexRepository
 from drimbox.publish.assembly import PacsInstance, PacsSeries, PacsStudy
 
 
 class PacsCatalog:
     """`StudyCatalog` over C-FIND to one PACS peer."""
 
-    def __init__(self, connector: PeerConnector, peer: str) -> None:
+    def __init__(self, connector: PeerConnector, peer: str, index: IndexRepository | None = None) -> None:
         self.query = PacsQuery(connector, peer)
+        self.index = index
+
+    def _sop_classes(self, study_uid: str) -> dict[str, str]:
+        """SOP classes our store knows, for PACS that do not return SOPClassUID at IMAGE level."""
+        if self.index is None:
+            return {}
+        return {held.sop_uid: held.sop_class_uid for held in self.index.held(study_uid)}
 
     def study(self, study_uid: str) -> PacsStudy | None:
         identifier = Dataset()
@@ -29,14 +39,22 @@ class PacsCatalog:
             return None
         top = matches[0]
         series = []
+        known: dict[str, str] | None = None
+        seen: set[str] = set()
         for match in self.query.series(study_uid):
             uid = str(match.get("SeriesInstanceUID", ""))
+            if uid in seen:  # some PACS answer one SERIES match per instance
+                continue
+            seen.add(uid)
             instances = tuple(
                 PacsInstance(
                     str(i.get("SOPClassUID", "")), str(i.get("SOPInstanceUID", "")), _int(i.get("InstanceNumber"))
                 )
                 for i in self.query.instances(study_uid, uid)
             )
+            if any(not i.sop_class_uid for i in instances):
+                known = self._sop_classes(study_uid) if known is None else known
+                instances = tuple(replace(i, sop_class_uid=known.get(i.sop_uid, "")) for i in instances)
             if instances:
                 series.append(
                     PacsSeries(

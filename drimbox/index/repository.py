@@ -299,6 +299,16 @@ class IndexRepository:
                         found[sop_class].add(syntax)
             return found
 
+    def study_keys(self, study_uid: str) -> tuple[str, str] | None:
+        """(PatientID, AccessionNumber) of a study, as the PACS gave them."""
+        with self.session() as session:
+            row = session.execute(
+                select(Patient.patient_id, Study.accession_number)
+                .join(Study.patient)
+                .where(Study.study_uid == study_uid)
+            ).first()
+            return (row[0], row[1]) if row is not None else None
+
     def study_known(self, study_uid: str) -> bool:
         with self.session() as session:
             return session.scalar(select(Study.id).where(Study.study_uid == study_uid)) is not None

@@ -90,6 +90,10 @@ def assemble(
     study = _without(study, rejected)
     if study.instance_count == 0:
         raise NotReady(f"study {study_uid} has no instance in the PACS")
+    unknown = sum(1 for series in study.series for i in series.instances if not i.sop_class_uid)
+    if unknown:
+        raise NotReady(f"the PACS gave no SOP Class UID for {unknown} instance(s) of study {study_uid} "
+                       "(retrieve the study once so the box learns them)")  # fmt: skip
     accession = report.accession.extension if report.accession else ""
     if check_accession and accession and study.accession_number != accession:
         raise NotReady(

@@ -263,8 +263,9 @@ class Outbox:
 
     # --- publications ---------------------------------------------------------------------
 
-    def advance(self, publication_id: int, state: State, detail: str = "", **fields: Any) -> None:
+    def advance(self, publication_id: int, state: State | str, detail: str = "", **fields: Any) -> None:
         """Move a publication to `state`, set `fields`, and append the history event."""
+        state = State(state)
         now = self.clock()
         with self._write() as session:
             row = session.get(Publication, publication_id)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from drimbox.errors import DimseError, DmpRefused, DmpUnavailable, ReportRefused
+from drimbox.errors import DimseError, DmpRefused, DmpUnavailable, DrimboxError, ReportRefused
 from drimbox.index.repository import IndexRepository
 from drimbox.kos.build import encode_manifest
 from drimbox.kos.model import Manifest
@@ -102,7 +102,18 @@ class PublicationWorker:
         for publication_id in due:
             if self._stop.is_set():
                 break
-            self.process(self.outbox.load(publication_id))
+            publication = self.outbox.load(publication_id)
+            try:
+                self.process(publication)
+            except DrimboxError as exc:
+                log.exception("publication failed", extra={"event": "publication.error", "publication": publication_id})
+                self._end(self.outbox.load(publication_id), State.FAILED, f"{exc.__class__.__name__}: {exc}")
+            except Exception as exc:
+                # A bug or a passing fault (database busy): retried with backoff, bounded by give_up.
+                log.exception(
+                    "publication step crashed", extra={"event": "publication.error", "publication": publication_id}
+                )
+                self._retry(publication, f"internal error {exc.__class__.__name__}: {exc}")
         return len(due)
 
     def process(self, p: PublicationView) -> None:
@@ -172,8 +183,8 @@ class PublicationWorker:
             reason = exc.reason if isinstance(exc, NotReady) else f"PACS unavailable: {exc}"
             if p.origin == "iocm" and isinstance(exc, NotReady) and p.action == ReportAction.REPLACE:
                 # Nothing left after the rejection: the manifest must go, not wait.
-                study = self._study_or_none(p.study_uid)
-                if remaining_instances(study, rejected) == 0:
+                current = self._study_or_none(p.study_uid)
+                if remaining_instances(current, rejected) == 0:
                     self.outbox.advance(
                         p.id,
                         State.PENDING,

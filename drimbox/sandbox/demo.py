@@ -14,18 +14,23 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 from pydicom import dcmread
 from pynetdicom import AE, StoragePresentationContexts
 
 from drimbox.config import Settings, load_settings
+from drimbox.daemon import Daemon
 from drimbox.errors import DrimboxError
+from drimbox.hl7.client import send_messages
 from drimbox.logs import configure_logging
+from drimbox.sandbox.dmp import DmpSandbox
 from drimbox.sandbox.oidc import PscSandbox
+from drimbox.sandbox.pki import PkiFiles, create_pki
+from drimbox.sandbox.reports import DemoReport, mdm_t02
 
 PACS_AE = "DEMOPACS"
+DEMO_STRUCTURE = "499700367909006"
 
 
 def free_port() -> int:
@@ -42,16 +47,18 @@ def _check_port_free(port: int) -> None:
             raise DrimboxError(f"port {port} is in use; pick another one: ./run demo --http-port 9000") from None
 
 
-def write_demo_config(data: Path, http_port: int, dimse_port: int, pacs_port: int) -> Path:
-    """The demo's own configuration: demo mode, loopback only, the demo PACS as only peer."""
+def write_demo_config(data: Path, http_port: int, dimse_port: int, pacs_port: int, pki: PkiFiles, dmp_url: str) -> Path:
+    """The demo's own configuration: demo mode, loopback only, the demo PACS as only peer,
+    the sandbox DMP and its test PKI."""
     path = data / "drimbox.toml"
+    org = pki.organisation
     path.write_text(
         f"""# Written by `drimbox demo`; rewritten at every demo start.
 mode = "demo"
 log_level = "INFO"
 
 [site]
-structure_id = "000000000"
+structure_id = "{DEMO_STRUCTURE}"
 name = "Démo DRIMbox"
 
 [http]
@@ -83,6 +90,26 @@ client_secret = "drimbox-demo-secret"
 [index]
 window_days = 36500
 interval_minutes = 5
+
+[hl7]
+# Send report messages (MDM^T02 / ORU^R01, CI-SIS profile) here over MLLP.
+bind = "127.0.0.1"
+port = {http_port + 3}
+
+[publication]
+images_retry_seconds = 10
+retry_base_seconds = 2
+
+[dmp]
+# The sandbox DMP started by `drimbox demo` (strict ITI-41/18/57 checks, mutual TLS).
+url = "{dmp_url}"
+auth_pkcs12 = "{org.auth_p12}"
+auth_password = "{org.password}"
+signature_pkcs12 = "{org.signature_p12}"
+signature_password = "{org.password}"
+ca_bundle = "{pki.ca_bundle}"
+homologation_id = "SANDBOX-DEMO"
+lps_id = "drimbox-demo"
 """,
         encoding="utf-8",
     )
@@ -174,17 +201,17 @@ class DemoPacs:
 
 def run_demo(data: Path, samples: Path, http_port: int, wait: bool = True) -> int:
     """Start the demo PACS and the daemon; index; serve until Ctrl-C (or return when not `wait`)."""
-    from drimbox.daemon import Daemon
-
     files = sorted(p for p in samples.rglob("*.dcm") if p.is_file())
     if not files:
         raise DrimboxError(f"no DICOM files under {samples}; run from the repository root")
-    _check_port_free(http_port)
-    _check_port_free(http_port + 1)
+    for port in range(http_port, http_port + 4):
+        _check_port_free(port)
     data = data.resolve()
     data.mkdir(parents=True, exist_ok=True)
     dimse_port, pacs_port = free_port(), free_port()
-    settings = load_settings(write_demo_config(data, http_port, dimse_port, pacs_port))
+    pki = create_pki(data / "pki", DEMO_STRUCTURE)
+    dmp = DmpSandbox(data / "dmp", pki, port=http_port + 2).start()
+    settings = load_settings(write_demo_config(data, http_port, dimse_port, pacs_port, pki, dmp.base_url))
     configure_logging(settings.log_level)
     pacs = DemoPacs(data / "demo-pacs", pacs_port, ("127.0.0.1", dimse_port))
     psc = PscSandbox()
@@ -194,29 +221,48 @@ def run_demo(data: Path, samples: Path, http_port: int, wait: bool = True) -> in
         loaded = pacs.load(files)
         daemon = Daemon(settings, index_at_start=False)
         report = daemon.node.index_peer("demo", full=True)
-        studies = sorted(daemon.node.index.study_uids_of_peer("demo"))
-        grants = {study: demo_kos_uid(study) for study in studies}
-        for study, kos in grants.items():
-            daemon.node.index.grant_kos(kos, study)  # stands in for publication until it exists
+        daemon.start_background()
+        grants = publish_samples(daemon, settings)
         token = psc.issue_token(expires_in=12 * 3600)
-        _banner(settings, data, loaded, report.studies_seen, grants, token)
+        _banner(settings, data, loaded, report.studies_seen, grants, token, len(dmp.entries()))
         if not wait:
+            daemon.stop()
             return 0
         with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a demo ends
             daemon.run()
     finally:
         pacs.stop()
         psc_served.stop()
+        dmp.stop()
     print("drimbox demo stopped.", flush=True)
     return 0
 
 
-def demo_kos_uid(study_uid: str) -> str:
-    """A stable KOS SOP Instance UID per demo study (UUID-derived, PS3.5 §B.2)."""
-    return f"2.25.{uuid.uuid5(uuid.NAMESPACE_OID, 'drimbox-demo-kos:' + study_uid).int}"
+def publish_samples(daemon: Daemon, settings: Settings, timeout: float = 60) -> dict[str, str]:
+    """Send one report per demo study over MLLP, as the RIS would, and wait for the DMP's answers.
+
+    Returns study → KOS SOP Instance UID of each publication the sandbox DMP accepted.
+    """
+    index = daemon.node.index
+    messages = []
+    for number, study in enumerate(sorted(index.study_uids_of_peer("demo")), start=1):
+        # The demo PACS (pynetdicom's qrscp) does not return SOPClassUID in C-FIND: the box learns
+        # them by retrieving the study once, as it would to serve it.
+        daemon.node.retriever.retrieve(study, None, peer="demo")
+        ipp, accession = index.study_keys(study) or (f"IPP{number}", "")
+        demo = DemoReport(study, accession, ipp, structure_id=settings.site.structure_id)
+        messages.append(mdm_t02(demo, f"DEMO{number}", f"{settings.site.structure_id}.{number}.{int(time.time())}"))
+    send_messages(settings.hl7.bind, settings.hl7.port, messages, timeout=60)
+    outbox = daemon.node.outbox
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(p.active for p in outbox.list()):
+        time.sleep(0.2)
+    return {p.study_uid: p.kos_sop_uid for p in outbox.list(state="published")}
 
 
-def _banner(settings: Settings, data: Path, loaded: int, studies: int, grants: dict[str, str], token: str) -> None:
+def _banner(
+    settings: Settings, data: Path, loaded: int, studies: int, grants: dict[str, str], token: str, entries: int
+) -> None:
     config = data / "drimbox.toml"
     http_port = settings.http.port
     example_study, example_kos = next(iter(grants.items()), ("<StudyInstanceUID>", "<KOS UID>"))
@@ -231,6 +277,8 @@ drimbox demo is running.
                 .venv/bin/drimbox --config {config} echo demo
                 .venv/bin/drimbox --config {config} index --all
                 .venv/bin/drimbox --config {config} retrieve {example_study}
+  publication    {len(grants)} reports sent over MLLP (port {settings.hl7.port}) → {entries} entries in the sandbox DMP
+                .venv/bin/drimbox --config {config} publications
   DICOMweb       {base}  (bearer token from the Pro Santé Connect sandbox on port {http_port + 1})
                 curl -H "Authorization: Bearer $TOKEN" -H "KOS-SOPInstanceUID: {example_kos}" \\
                      {base}/studies/{example_study}/metadata
