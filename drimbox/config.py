@@ -240,6 +240,7 @@ class PublicationSettings(_Section):
     retry_max_seconds: float = Field(default=3600, gt=0)
     give_up_hours: float = Field(default=72, gt=0, description="an intent still unsent after this is failed")
     poll_seconds: float = Field(default=2, gt=0, description="how often the worker looks for due work")
+    concurrency: int = Field(default=4, ge=1, le=32, description="publications of different studies sent at once")
     include_report: bool = Field(default=False, description="also publish the CDA report in the submission set")
     replacement: Literal["explicit", "explicit-or-new-report"] = Field(
         default="explicit-or-new-report",

@@ -112,6 +112,7 @@ def worker_settings(settings: Settings) -> WorkerSettings:
         check_accession=p.check_accession,
         check_patient_id=p.check_patient_id,
         kos_series_number=p.kos_series_number,
+        concurrency=p.concurrency,
     )
 
 

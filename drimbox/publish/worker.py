@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -52,6 +53,7 @@ class WorkerSettings:
     check_accession: bool = True
     check_patient_id: bool = True
     kos_series_number: int = 9999
+    concurrency: int = 1
 
 
 Outcome = Callable[[PublicationView], None]
@@ -98,23 +100,31 @@ class PublicationWorker:
 
     def run_once(self) -> int:
         """Process every intent due now; returns how many were looked at."""
-        due = self.outbox.due()
-        for publication_id in due:
-            if self._stop.is_set():
-                break
-            publication = self.outbox.load(publication_id)
-            try:
-                self.process(publication)
-            except DrimboxError as exc:
-                log.exception("publication failed", extra={"event": "publication.error", "publication": publication_id})
-                self._end(self.outbox.load(publication_id), State.FAILED, f"{exc.__class__.__name__}: {exc}")
-            except Exception as exc:
-                # A bug or a passing fault (database busy): retried with backoff, bounded by give_up.
-                log.exception(
-                    "publication step crashed", extra={"event": "publication.error", "publication": publication_id}
-                )
-                self._retry(publication, f"internal error {exc.__class__.__name__}: {exc}")
+        due = self.outbox.due(limit=max(20, 4 * self.settings.concurrency))
+        if self.settings.concurrency > 1 and len(due) > 1:
+            # `due` holds at most one publication per study: they may run side by side.
+            with ThreadPoolExecutor(self.settings.concurrency, thread_name_prefix="publication") as pool:
+                list(pool.map(self._step, due))
+        else:
+            for publication_id in due:
+                self._step(publication_id)
         return len(due)
+
+    def _step(self, publication_id: int) -> None:
+        if self._stop.is_set():
+            return
+        publication = self.outbox.load(publication_id)
+        try:
+            self.process(publication)
+        except DrimboxError as exc:
+            log.exception("publication failed", extra={"event": "publication.error", "publication": publication_id})
+            self._end(self.outbox.load(publication_id), State.FAILED, f"{exc.__class__.__name__}: {exc}")
+        except Exception as exc:
+            # A bug or a passing fault (database busy): retried with backoff, bounded by give_up.
+            log.exception(
+                "publication step crashed", extra={"event": "publication.error", "publication": publication_id}
+            )
+            self._retry(publication, f"internal error {exc.__class__.__name__}: {exc}")
 
     def process(self, p: PublicationView) -> None:
         try:

@@ -122,6 +122,25 @@ def test_report_replace_iocm_and_delete_reach_the_dmp(site: Site) -> None:
     assert site.daemon.node.index.study_of_kos(read_manifest(current[0].document).sop_instance_uid) is None
 
 
+def test_the_report_itself_can_go_in_the_same_submission(tmp_path: Path, orthanc: Orthanc, pki: PkiFiles) -> None:
+    dmp = start_dmp(tmp_path / "dmp", pki)
+    orthanc.upload(write_study(StudySpec(study_uid=STUDY_UID, accession=ACCESSION), tmp_path / "study"))
+    config = box_config(tmp_path / "box", orthanc, dmp, pki, publication="include_report = true")
+    daemon = Daemon(load_settings(config), index_at_start=False)
+    daemon.start_background()
+    try:
+        send(daemon.publishing.mllp.address[1], message("mdm-t02-imaging-report-initial.er7"))
+        wait_for(lambda: [p.state for p in daemon.node.outbox.list()] == [State.PUBLISHED], what="publication")
+    finally:
+        daemon.stop()
+        dmp.stop()
+    types = sorted(e.mime_type for e in dmp.entries())
+    assert types == ["application/dicom", "text/xml", "text/xml"]  # KOS, CDA report, signature
+    [report] = [e for e in dmp.entries() if e.type_code == "18748-4"]
+    assert report.unique_id == "1.2.250.1.71.4.2.2.120456789.71024000081"
+    assert dmp.errors == []
+
+
 def test_dmp_faults_delay_but_never_lose_or_duplicate(site: Site) -> None:
     outbox = site.daemon.node.outbox
     site.dmp.set_fault("503", times=2)
@@ -135,6 +154,12 @@ def test_dmp_faults_delay_but_never_lose_or_duplicate(site: Site) -> None:
     send(site.hl7_port, message("mdm-t10-imaging-report-replace.er7"))
     wait_for(lambda: site.settled() and len(kos_entries(site.dmp)) >= 2, timeout=90, what="publication after a hang")
     assert [e.status for e in kos_entries(site.dmp)].count(APPROVED) == 1
+
+    site.dmp.set_fault("down", times=4)
+    send(site.hl7_port, message("mdm-t04-imaging-report-delete.er7"))
+    wait_for(lambda: site.settled() and any(e.status == DELETED for e in kos_entries(site.dmp)), what="deletion")
+    assert site.dmp.faults["down"] == 4
+    assert len(kos_entries(site.dmp)) == 2
 
 
 def test_a_refusal_ends_the_publication_with_the_dmp_code(site: Site) -> None:

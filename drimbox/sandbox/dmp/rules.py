@@ -200,8 +200,8 @@ def _check_entry(entry: DocumentEntry, set_patient: str, problems: Problems) -> 
         problems.add(METADATA, "confidentialityCode : N une fois, plus MASQUE_PS/INVISIBLE_* seulement", where)
     if entry.patient_id != set_patient:
         problems.add("XDSPatientIdDoesNotMatch", "patientId de la fiche différent de celui du lot", where)
-    if not is_valid_uid(entry.unique_id):
-        problems.add(METADATA, "uniqueId de la fiche absent ou qui n'est pas un OID", where)
+    if not document_unique_id(entry.unique_id):
+        problems.add(METADATA, "uniqueId de la fiche absent ou qui n'est ni un OID ni OID^extension", where)
     _check_kind(entry, problems)
     _check_bytes(entry, problems)
 
@@ -242,3 +242,16 @@ def _check_authors(target: RegistryObject, problems: Problems) -> None:
 def _type(entry: DocumentEntry) -> str:
     code = entry.code(DE_TYPE)
     return "" if code is None else code.code
+
+
+_EXTENSION = re.compile(r"[A-Za-z0-9._-]{1,16}")
+_LONG_OID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+")
+
+
+def document_unique_id(value: str) -> bool:
+    """IHE ITI TF-3 §4.2.3.2.26: a document uniqueId is an OID, or `OID^extension` (extension ≤ 16
+    characters, 128 in all) — the form a CDA id with root and extension takes."""
+    root, caret, extension = value.partition("^")
+    if not caret:
+        return is_valid_uid(value)
+    return len(value) <= 128 and bool(_LONG_OID.fullmatch(root)) and bool(_EXTENSION.fullmatch(extension))
