@@ -78,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     pubs.add_argument("--study", help="only this StudyInstanceUID")
     pubs.add_argument("--limit", type=int, default=50)
     pubs.add_argument("--json", action="store_true", help="machine-readable output")
+    pubs.add_argument("--refused", action="store_true", help="the report messages refused (AE/AR) and why")
     pubs.set_defaults(run=cmd_publications)
 
     sandbox = sub.add_parser("sandbox", help="local stand-ins of the national services (tests, demo)")
@@ -239,6 +240,11 @@ def cmd_publications(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     outbox = Outbox(db.make_engine(settings.database_url))
+    if args.refused:
+        for m in outbox.messages(limit=args.limit, refused_only=True):
+            when = f"{m.received_at:%Y-%m-%d %H:%M:%S}"
+            print(f"  {when}  {m.outcome}  {m.control_id or '-':<20} {m.message_type or '?':<18} {m.outcome_text}")
+        return 0
     if args.id is not None:
         try:
             item = outbox.load(args.id, history=True).summary()

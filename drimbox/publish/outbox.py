@@ -256,9 +256,12 @@ class Outbox:
             row = session.get(ReportMessageRow, message_id)
             return _message_view(row) if row is not None else None
 
-    def messages(self, limit: int = 100) -> list[MessageView]:
+    def messages(self, limit: int = 100, refused_only: bool = False) -> list[MessageView]:
         with self._sessions() as session:
-            rows = session.scalars(select(ReportMessageRow).order_by(ReportMessageRow.id.desc()).limit(limit))
+            query = select(ReportMessageRow)
+            if refused_only:
+                query = query.where(ReportMessageRow.outcome != "AA")
+            rows = session.scalars(query.order_by(ReportMessageRow.id.desc()).limit(limit))
             return [_message_view(row) for row in rows]
 
     # --- publications ---------------------------------------------------------------------

@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-from drimbox.publish.outbox import Outbox, State
+from drimbox.publish.outbox import MessageView, Outbox, State
 
 Authenticate = Callable[[Request], object]
 
@@ -34,7 +34,8 @@ def publications_router(outbox: Callable[[], Outbox], authenticate: Authenticate
             raise HTTPException(400, f"unknown state {state!r}; one of {', '.join(s.value for s in State)}")
         box = outbox()
         items = [p.summary() for p in box.list(state=state, study_uid=study, limit=limit)]
-        body = {"counts": box.counts(), "publications": items}
+        refused = [_message(m) for m in box.messages(limit=20, refused_only=True)]
+        body = {"counts": box.counts(), "publications": items, "refused_messages": refused}
         wants_json = format == "json" or (format != "html" and "text/html" not in request.headers.get("accept", ""))
         return JSONResponse(body) if wants_json else HTMLResponse(_html(body))
 
@@ -48,6 +49,15 @@ def publications_router(outbox: Callable[[], Outbox], authenticate: Authenticate
     return router
 
 
+def _message(message: MessageView) -> dict[str, Any]:
+    """A refused report message as operators see it: what came, when, from whom, why (no patient data)."""
+    return {
+        "id": message.id, "received_at": message.received_at.isoformat(timespec="seconds"),
+        "control_id": message.control_id, "type": message.message_type, "sender": message.sender,
+        "ack": message.outcome, "reason": message.outcome_text,
+    }  # fmt: skip
+
+
 def _html(body: dict[str, Any]) -> str:
     esc = html.escape
     rows = "".join(
@@ -56,11 +66,20 @@ def _html(body: dict[str, Any]) -> str:
     )
     counts = " · ".join(f"{esc(k)}: {v}" for k, v in sorted(body["counts"].items()))
     head = "".join(f"<th>{esc(k)}</th>" for k in _COLUMNS)
+    refused = "".join(
+        "<tr>"
+        + "".join(f"<td>{esc(str(m[k]))}</td>" for k in ("received_at", "control_id", "type", "ack", "reason"))
+        + "</tr>"
+        for m in body["refused_messages"]
+    )
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>drimbox publications</title>
 <meta http-equiv="refresh" content="15"><style>body{{font-family:system-ui,sans-serif;margin:2rem}}
 table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:.3rem .5rem;text-align:left}}</style>
 </head><body><h1>Publications to the DMP</h1><p>{counts}</p>
-<table><tr>{head}</tr>{rows}</table></body></html>"""
+<table><tr>{head}</tr>{rows}</table>
+<h2>Refused report messages</h2>
+<table><tr><th>received</th><th>control id</th><th>type</th><th>ACK</th><th>reason</th></tr>{refused}</table>
+</body></html>"""
 
 
 _COLUMNS = ("id", "study_uid", "action", "state", "reason", "attempts", "updated_at")

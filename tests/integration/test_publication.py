@@ -10,17 +10,20 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 from pydicom import dcmread
 
 from drimbox.config import load_settings
-from drimbox.daemon import Daemon
+from drimbox.daemon import Daemon, build_app
 from drimbox.kos.parse import read_manifest
 from drimbox.kos.rejection import rejection_note
 from drimbox.publish.outbox import State
 from drimbox.sandbox.dmp import APPROVED, DELETED, DEPRECATED, DmpSandbox
+from drimbox.sandbox.http import serve_in_thread
 from drimbox.sandbox.pki import PkiFiles
 from tests.conftest import BOX_AET
+from tests.integration.test_dicomweb_orthanc import TOKEN, OneTokenVerifier
 from tests.support.datasets import CT, StudySpec, write_study
 from tests.support.peers import Orthanc, free_port, wait_port
 from tests.support.publication import (
@@ -257,3 +260,31 @@ def test_kill_9_in_the_middle_loses_nothing_and_duplicates_nothing(
     entries = kos_entries(dmp)
     assert sorted(e.status for e in entries) == sorted([APPROVED, DEPRECATED]), entries
     assert dmp.errors == []
+
+
+def test_publications_page_needs_a_token_and_shows_states_and_refusals(site: Site) -> None:
+    send(site.hl7_port, message("mdm-t02-imaging-report-initial.er7"))
+    send(site.hl7_port, b"MSH|^~\\&|RIS|<b>SITE</b>|DRIMBOX|X|20240101||ADT^A01^ADT_A01|<script>|P|2.5\rPID|1\r")
+    wait_for(lambda: site.settled() and site.daemon.node.outbox.list(), what="publication")
+    served = serve_in_thread(build_app(site.daemon.node, OneTokenVerifier()))
+    try:
+        url = f"http://127.0.0.1:{served.port}/publications"
+        assert httpx.get(url, timeout=10).status_code == 401
+        assert httpx.get(url, headers={"Authorization": "Bearer wrong"}, timeout=10).status_code == 401
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        body = httpx.get(url, headers=auth, timeout=10).json()
+        assert body["counts"] == {"published": 1}
+        [item] = body["publications"]
+        assert item["study_uid"] == STUDY_UID and [e["state"] for e in item["history"]][-1] == "published"
+        assert "279035121518989" not in json.dumps(body), "no INS in the operators' list"
+        [refused] = body["refused_messages"]
+        assert refused["ack"] == "AR" and "ADT" in refused["reason"]
+        page = httpx.get(url, headers={**auth, "Accept": "text/html"}, timeout=10).text
+        assert "&lt;script&gt;" in page and "<script>" not in page
+        one = httpx.get(f"{url}/{item['id']}", headers=auth, timeout=10)
+        assert one.json()["kos_sop_uid"] == item["kos_sop_uid"]
+        assert httpx.get(f"{url}/999", headers=auth, timeout=10).status_code == 404
+        assert httpx.get(f"{url}?state=nonsense", headers=auth, timeout=10).status_code == 400
+        assert "application/problem+json" in httpx.get(f"{url}/999", headers=auth, timeout=10).headers["content-type"]
+    finally:
+        served.stop()
