@@ -16,10 +16,10 @@ from drimbox.config import Settings
 from drimbox.dimse.catalog import PacsCatalog
 from drimbox.dimse.connection import PeerConnector
 from drimbox.dimse.storage import StorageHandler
-from drimbox.errors import ConfigError, DmpUnavailable
+from drimbox.errors import ConfigError, DmpUnavailable, PeerUnknown
 from drimbox.index.repository import IndexRepository
 from drimbox.ports import AuditTrail
-from drimbox.publish.assembly import StudyCatalog
+from drimbox.publish.assembly import PacsStudy, StudyCatalog
 from drimbox.publish.inbox import PublicationInbox
 from drimbox.publish.iocm import RejectionHandler
 from drimbox.publish.outbox import Outbox, PublicationView
@@ -72,9 +72,15 @@ class Publishing:
 
 
 def build_publishing(
-    settings: Settings, outbox: Outbox, index: IndexRepository, connector: PeerConnector, storage: StorageHandler,
-    audit: AuditTrail, gateway: DmpGateway | None = None, catalog: StudyCatalog | None = None,
-) -> Publishing:  # fmt: skip
+    settings: Settings,
+    outbox: Outbox,
+    index: IndexRepository,
+    connector: PeerConnector,
+    storage: StorageHandler,
+    audit: AuditTrail,
+    gateway: DmpGateway | None = None,
+    catalog: StudyCatalog | None = None,
+) -> Publishing:
     """Assemble the chain; `gateway` and `catalog` may be given (tests), else built from settings."""
     # Imported here: the DMP client loads signing keys and the HL7 listener binds a port, which
     # one-shot commands building a node do not need.
@@ -87,7 +93,9 @@ def build_publishing(
         publication = publication.model_copy(update={"ins_roots": roots})
     inbox = PublicationInbox(outbox, settings.hl7, publication, audit)
     storage.on_rejection = RejectionHandler(outbox, audit)
-    catalog = catalog or PacsCatalog(connector, _peer(settings), index)
+    if catalog is None:
+        peer = _peer(settings)
+        catalog = PacsCatalog(connector, peer, index) if peer else _NoPacs()
     if gateway is None:
         gateway = SoapDmpGateway(settings.dmp, settings.site) if settings.publication.enabled else _Paused()
     worker = PublicationWorker(
@@ -143,14 +151,26 @@ def _business_ack(settings: Settings, outbox: Outbox) -> Any:
         success = publication.state in ("published", "deleted")
         application, _, facility = message.sender.partition("@")
         original = ReportMessage(
-            control_id=message.control_id, message_type=message.message_type,
-            event=[*message.message_type.split("^"), "", ""][1], version="2.6", action=ReportAction(
-                publication.action), document=b"", document_type="", sending_application=application,
+            control_id=message.control_id,
+            message_type=message.message_type,
+            event=[*message.message_type.split("^"), "", ""][1],
+            version="2.6",
+            action=ReportAction(publication.action),
+            document=b"",
+            document_type="",
+            sending_application=application,
             sending_facility=facility,
-        )  # fmt: skip
+        )
         try:
-            ack = build_business_ack(original, success, error_text="" if success else publication.reason,
-                                     app_name="DRIMBOX", facility=settings.site.structure_id)  # fmt: skip
+            code = publication.dmp_issues[0]["code"] if publication.dmp_issues else ""
+            ack = build_business_ack(
+                original,
+                success,
+                error_code="" if success else code,
+                error_text="" if success else publication.reason,
+                app_name="DRIMBOX",
+                facility=settings.site.structure_id,
+            )
             send_message(hl7.business_ack_host, hl7.business_ack_port, ack, timeout=10)
             outbox.advance(publication.id, publication.state, "ZAM^Z01 sent to the RIS", business_ack="sent")
         except Exception as exc:
@@ -171,3 +191,10 @@ class _Paused:
 
     def withdraw(self, withdrawal: Withdrawal) -> None:
         raise DmpUnavailable("publication is disabled ([publication] enabled = false)")
+
+
+class _NoPacs:
+    """No [pacs] peer configured: publications wait, with a reason an operator can act on."""
+
+    def study(self, study_uid: str) -> PacsStudy | None:
+        raise PeerUnknown("no PACS peer is configured ([pacs.<name>]): the study cannot be looked up")

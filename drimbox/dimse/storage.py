@@ -22,7 +22,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from drimbox.dimse.connection import ReceivedFile, receive_into
-from drimbox.errors import InstanceMismatch, InvalidInstance, StoreFull
+from drimbox.errors import DrimboxError, InstanceMismatch, InvalidInstance, StoreFull
 from drimbox.index.records import InstanceEntry
 from drimbox.kos.rejection import Rejection, read_rejection
 from drimbox.store.intake import InstanceIntake
@@ -93,7 +93,9 @@ class StorageHandler:
         sender = str(sending_side.ae_title).strip()
         path = Path(event.dataset_path)
         ReceivedFile.finish(path)
-        if self.on_rejection is not None and str(request.AffectedSOPClassUID) == KOS_SOP_CLASS and on_admitted is None:
+        # A rejection note pushed to us (not an instance of our own C-GET or C-MOVE) goes to publication.
+        pushed = on_admitted is None and request.MoveOriginatorMessageID is None
+        if self.on_rejection is not None and pushed and str(request.AffectedSOPClassUID) == KOS_SOP_CLASS:
             handled = self._rejection(path, sender)
             if handled is not None:
                 return handled
@@ -127,7 +129,7 @@ class StorageHandler:
         """An IOCM rejection note goes to publication and is not stored; any other KOS is an instance."""
         try:
             rejection = read_rejection(dcmread(path, stop_before_pixels=True))
-        except (InvalidDicomError, OSError, ValueError, AttributeError) as exc:
+        except (InvalidDicomError, OSError, ValueError, AttributeError, DrimboxError) as exc:
             path.unlink(missing_ok=True)
             return _status(STATUS_CANNOT_UNDERSTAND, f"unreadable KOS: {exc}")
         if rejection is None or self.on_rejection is None:

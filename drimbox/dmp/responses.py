@@ -77,6 +77,11 @@ def fault_error(fault: etree._Element) -> DmpRefused | DmpUnavailable:
     return DmpRefused(message, (DmpIssue(names[-1] if names else code, reason, location="soap:Fault"),))
 
 
+#: Failure codes that say "not now" rather than "no" (IHE ITI TF-3 Table 4.2.4.1-2): retried.
+TEMPORARY = frozenset({"XDSRegistryBusy", "XDSRepositoryBusy", "XDSRegistryOutOfResources",
+                       "XDSRepositoryOutOfResources"})  # fmt: skip
+
+
 def registry_outcome(response: etree._Element) -> RegistryOutcome:
     """Judge a RegistryResponse (or the status of an AdhocQueryResponse): Failure raises DmpRefused."""
     status = response.get("status", "")
@@ -91,6 +96,8 @@ def registry_outcome(response: etree._Element) -> RegistryOutcome:
     )
     if status == FAILURE:
         summary = "; ".join(f"{i.code}: {i.context}" for i in issues) or "no RegistryError given"
+        if issues and all(i.code in TEMPORARY for i in issues):
+            raise DmpUnavailable(f"the DMP is busy ({summary})")
         raise DmpRefused(f"the DMP refused the request ({summary})", issues)
     if status not in (SUCCESS, PARTIAL_SUCCESS):
         raise DmpUnavailable(f"the DMP answered an unknown status {status!r}")

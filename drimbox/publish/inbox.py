@@ -9,6 +9,7 @@ manifest published under a doubtful identity would show images under the wrong p
 from __future__ import annotations
 
 import logging
+import re
 
 from drimbox.config import Hl7Settings, PublicationSettings
 from drimbox.errors import ReportRefused
@@ -24,10 +25,12 @@ from drimbox.report.message import (
     ReportMessage,
 )
 from drimbox.report.model import Report
+from drimbox.uids import is_valid_uid
 
 log = logging.getLogger(__name__)
 
 QUALIFIED_IDENTITY = "VALI"
+_INS = re.compile(r"\d{5}(?:\d{2}|2[AB])\d{6}\d{2}")
 
 
 class PublicationInbox:
@@ -40,6 +43,11 @@ class PublicationInbox:
         self.audit = audit
 
     def accept(self, message: ReportMessage) -> Acceptance:
+        earlier = self.outbox.accepted_message(_sender(message), message.control_id, message.document)
+        if earlier is not None:
+            # The RIS resends when an ACK was lost: the intents exist already, never twice.
+            text = f"duplicate of message {earlier[0]} (same sender, control id and document): already queued"
+            return Acceptance("AA", text, publications=earlier[1])
         try:
             acceptance, intents, report = self._judge(message)
         except ReportRefused as exc:
@@ -127,6 +135,19 @@ class PublicationInbox:
                 None,
             )
         ins = _pid_ins(message)
+        if not ins[0] or message.identity_reliability != QUALIFIED_IDENTITY:
+            return (
+                Acceptance(
+                    "AE",
+                    "identity not qualified: a cancellation needs the INS in PID-3 and PID-32 VALI",
+                    HL7_DATA_TYPE_ERROR,
+                    "PID^1^3",
+                ),
+                [],
+                None,
+            )
+        if not all(is_valid_uid(uid) for uid in message.study_uids):
+            return Acceptance("AE", "IPC-3 is not a valid study instance UID", HL7_DATA_TYPE_ERROR, "IPC^1^3"), [], None
         intents = [Intent(uid, ReportAction.DELETE, ins[0], ins[1], origin="order") for uid in message.study_uids]
         return Acceptance("AA", f"cancellation queued for {len(intents)} study(ies)"), intents, None
 
@@ -135,14 +156,15 @@ class PublicationInbox:
         problems = []
         if ins.root not in self.settings.ins_roots:
             problems.append(f"INS OID {ins.root} is not an accepted INS namespace")
-        if message.patient_ids or message.identity_reliability:
-            if message.identity_reliability != QUALIFIED_IDENTITY:
-                problems.append(f"PID-32 is {message.identity_reliability or 'empty'}, not VALI (qualified identity)")
-            value, root = _pid_ins(message)
-            if not value:
-                problems.append("PID-3 carries no INS")
-            elif (value, root) != (ins.extension, ins.root):
-                problems.append("the INS in PID-3 differs from the INS in the CDA")
+        if not _INS.fullmatch(ins.extension):
+            problems.append("the INS of the CDA is not 13 digits and a 2-digit key")
+        if message.identity_reliability != QUALIFIED_IDENTITY:
+            problems.append(f"PID-32 is {message.identity_reliability or 'empty'}, not VALI (qualified identity)")
+        value, root = _pid_ins(message)
+        if not value:
+            problems.append("PID-3 carries no INS")
+        elif (value, root) != (ins.extension, ins.root):
+            problems.append("the INS in PID-3 differs from the INS in the CDA")
         if problems:
             log.error(
                 "report refused: identity not qualified",

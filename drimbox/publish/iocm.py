@@ -11,7 +11,7 @@ import logging
 
 from drimbox.kos.rejection import Rejection
 from drimbox.ports import AuditEvent, AuditTrail
-from drimbox.publish.outbox import Intent, Outbox
+from drimbox.publish.outbox import Intent, Outbox, State
 from drimbox.report.message import ReportAction
 
 log = logging.getLogger(__name__)
@@ -26,24 +26,32 @@ class RejectionHandler:
 
     def __call__(self, rejection: Rejection, sender: str = "") -> None:
         rejected = tuple(uid for uids in rejection.rejected.values() for uid in uids)
-        live = self.outbox.live(rejection.study_uid)
+        current = next(
+            (
+                p
+                for p in self.outbox.list(study_uid=rejection.study_uid, limit=20)
+                if p.active or p.state == State.PUBLISHED
+            ),
+            None,
+        )
         detail: dict[str, object] = {"reason": rejection.reason, "rejected": len(rejected)}
-        if live is None:
+        if current is None:
             log.info(
                 "rejection note for a study we have not published",
                 extra={"event": "iocm.ignored", "study_uid": rejection.study_uid, "peer": sender},
             )
         else:
+            # Bound to the KOS live when the worker reaches it (publications of a study run in order).
             ids = self.outbox.add(
                 [
                     Intent(
                         rejection.study_uid,
                         ReportAction.REPLACE,
-                        live.ins,
-                        live.ins_root,
+                        current.ins,
+                        current.ins_root,
                         origin="iocm",
-                        rejected=tuple(dict.fromkeys(live.rejected + rejected)),
-                        message_id=live.message_id,
+                        rejected=rejected,
+                        message_id=current.message_id,
                     )
                 ]
             )
@@ -57,7 +65,7 @@ class RejectionHandler:
                 action="iocm.rejection",
                 actor=sender or "pacs",
                 study_uid=rejection.study_uid,
-                patient_id=live.ins if live else "",
+                patient_id=current.ins if current else "",
                 detail=detail,
             )
         )

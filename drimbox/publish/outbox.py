@@ -246,6 +246,24 @@ class Outbox:
         )
         return row.id
 
+    def accepted_message(self, sender: str, control_id: str, document: bytes) -> tuple[int, tuple[int, ...]] | None:
+        """An earlier accepted message with the same sender, control id and document, and its intents."""
+        if not control_id:
+            return None
+        with self._sessions() as session:
+            rows = session.scalars(
+                select(ReportMessageRow).where(
+                    ReportMessageRow.sender == sender[:256],
+                    ReportMessageRow.control_id == control_id[:64],
+                    ReportMessageRow.outcome == "AA",
+                )
+            )
+            for row in rows:
+                if (row.document or b"") == document:
+                    ids = session.scalars(select(Publication.id).where(Publication.message_id == row.id))
+                    return row.id, tuple(ids)
+            return None
+
     def document(self, message_id: int) -> bytes | None:
         """The CDA an accepted message carried."""
         with self._sessions() as session:

@@ -23,7 +23,7 @@ from drimbox.kos.build import encode_manifest
 from drimbox.kos.model import Manifest
 from drimbox.kos.parse import read_manifest
 from drimbox.ports import AuditEvent, AuditTrail
-from drimbox.publish.assembly import NotReady, PacsStudy, StudyCatalog, assemble, remaining_instances
+from drimbox.publish.assembly import NotReady, StudyCatalog, assemble, remaining_instances
 from drimbox.publish.manifests import compose
 from drimbox.publish.outbox import Outbox, PublicationView, State
 from drimbox.publish.submission import DmpGateway, DmpIssue, Submission, Withdrawal
@@ -127,6 +127,11 @@ class PublicationWorker:
             self._retry(publication, f"internal error {exc.__class__.__name__}: {exc}")
 
     def process(self, p: PublicationView) -> None:
+        if p.origin == "iocm" and p.state == State.PENDING and p.kos is None and p.action == ReportAction.REPLACE:
+            resolved = self._iocm_target(p)
+            if resolved is None:
+                return
+            p = resolved
         try:
             report = self._report(p)
         except ReportRefused as exc:
@@ -140,6 +145,28 @@ class PublicationWorker:
         else:
             self._publish(p, report)
 
+    def _iocm_target(self, p: PublicationView) -> PublicationView | None:
+        """Bind a rejection to the KOS live *now*: its report, and every instance rejected so far."""
+        live = self.outbox.live(p.study_uid, before=p.id)
+        if live is None:
+            self._end(p, State.SKIPPED, "no published KOS for this study any more: nothing to recompute")
+            return None
+        referenced = {i.sop_instance_uid for s in read_manifest(live.kos or b"").series for i in s.instances}
+        if not referenced & set(p.rejected):
+            self._end(p, State.SKIPPED, "the rejected instances are not in the published KOS")
+            return None
+        rejected = list(dict.fromkeys(live.rejected + p.rejected))
+        self.outbox.advance(
+            p.id,
+            p.state,
+            f"recomputing publication {live.id} without {len(rejected)} instance(s)",
+            message_id=live.message_id,
+            rejected=rejected,
+            ins=live.ins,
+            ins_root=live.ins_root,
+        )
+        return self.outbox.load(p.id)
+
     # --- publish / replace ----------------------------------------------------------------
 
     def _publish(self, p: PublicationView, report: Report) -> None:
@@ -148,7 +175,7 @@ class PublicationWorker:
             if kos is None:
                 return
             p = self.outbox.load(p.id)
-        if p.state == State.SENDING and self._already_there(p, report):
+        if p.attempts > 0 and self._already_there(p, report):
             return
         if not self._decide_replacement(p):
             return
@@ -164,7 +191,7 @@ class PublicationWorker:
             submitted_at=self.now,
             flags=self._flags(p),
             report_document=self.outbox.document(p.message_id)
-            if self.settings.include_report and p.message_id
+            if self.settings.include_report and p.message_id and p.origin == "report"
             else None,
             replaces=replaced or None,
         )
@@ -181,29 +208,23 @@ class PublicationWorker:
     def _build(self, p: PublicationView, report: Report) -> bytes | None:
         rejected = frozenset(p.rejected)
         try:
-            study = assemble(
-                self.catalog.study(p.study_uid),
-                report,
-                p.study_uid,
-                rejected,
-                self.settings.check_accession,
-                self.settings.check_patient_id,
+            current = self.catalog.study(p.study_uid)
+        except DimseError as exc:
+            self._wait(p, f"PACS unavailable: {exc}")
+            return None
+        if p.origin == "iocm" and p.action == ReportAction.REPLACE and remaining_instances(current, rejected) == 0:
+            # Nothing left after the rejection: the manifest must go, not wait.
+            self.outbox.advance(
+                p.id, State.PENDING, "no instance left after rejection: deleting instead", action=ReportAction.DELETE
             )
-        except (NotReady, DimseError) as exc:
-            reason = exc.reason if isinstance(exc, NotReady) else f"PACS unavailable: {exc}"
-            if p.origin == "iocm" and isinstance(exc, NotReady) and p.action == ReportAction.REPLACE:
-                # Nothing left after the rejection: the manifest must go, not wait.
-                current = self._study_or_none(p.study_uid)
-                if remaining_instances(current, rejected) == 0:
-                    self.outbox.advance(
-                        p.id,
-                        State.PENDING,
-                        "no instance left after rejection: deleting instead",
-                        action=ReportAction.DELETE,
-                    )
-                    self._delete(self.outbox.load(p.id), report)
-                    return None
-            self._wait(p, reason)
+            self._delete(self.outbox.load(p.id), report)
+            return None
+        try:
+            study = assemble(
+                current, report, p.study_uid, rejected, self.settings.check_accession, self.settings.check_patient_id
+            )
+        except NotReady as exc:
+            self._wait(p, exc.reason)
             return None
         manifest = compose(
             report,
@@ -220,12 +241,6 @@ class PublicationWorker:
         self.outbox.advance(p.id, State.READY, detail, kos=kos, next_attempt_at=self.now)
         return kos
 
-    def _study_or_none(self, study_uid: str) -> PacsStudy | None:
-        try:
-            return self.catalog.study(study_uid)
-        except DimseError:
-            return None
-
     def _decide_replacement(self, p: PublicationView) -> bool:
         """Find the live publication this one replaces and its entryUUID (once); False = stop here."""
         if p.replaces_id is not None:
@@ -235,6 +250,13 @@ class PublicationWorker:
             if p.action == ReportAction.REPLACE:
                 self.outbox.advance(p.id, p.state, "nothing published for this study yet: publishing as new")
             return True
+        if (live.ins, live.ins_root) != (p.ins, p.ins_root):
+            self._end(
+                p,
+                State.REFUSED,
+                f"the study's KOS (publication {live.id}) names another patient: delete it first, then publish",
+            )
+            return False
         if p.action == ReportAction.PUBLISH and self.settings.replacement == "explicit":
             self._end(p, State.REFUSED, f"study already published (KOS {live.kos_sop_uid}); send a replacement")
             return False
@@ -296,8 +318,8 @@ class PublicationWorker:
         if target is None:
             self._end(p, State.SKIPPED, "nothing published for this study: nothing to delete")
             return
-        if target.ins and p.ins and (target.ins, target.ins_root) != (p.ins, p.ins_root):
-            self._end(p, State.REFUSED, "the deletion names another patient than the published KOS")
+        if (target.ins, target.ins_root) != (p.ins, p.ins_root):
+            self._end(p, State.REFUSED, "the deletion does not name the patient of the published KOS")
             return
         try:
             entry = self.gateway.find_entry(Identifier(target.ins_root, target.ins), target.kos_sop_uid, report)
@@ -354,12 +376,22 @@ class PublicationWorker:
         )
 
     def _retry(self, p: PublicationView, reason: str) -> None:
+        """Try again later. A row found `sending` stays so: the outcome of that attempt is unknown,
+        and the next step asks the DMP before sending anything (never a blind resend)."""
         p = self.outbox.load(p.id)
+        if not p.active:
+            return
         if self.now - p.created_at > self.settings.give_up:
-            self._end(p, State.FAILED, f"gave up after {p.attempts} attempts: {reason}")
+            unknown = " (the outcome of the last attempt is unknown: check the DMP)" if p.attempts else ""
+            self._end(p, State.FAILED, f"gave up after {p.attempts} attempts: {reason}{unknown}")
             return
         delay = min(self.settings.retry_base * (2 ** max(p.attempts - 1, 0)), self.settings.retry_max)
-        state = State.READY if p.kos is not None and p.action != ReportAction.DELETE else State.PENDING
+        if p.state == State.SENDING:
+            state = State.SENDING
+        elif p.kos is not None and p.action != ReportAction.DELETE:
+            state = State.READY
+        else:
+            state = State.PENDING
         log.warning(
             "publication will retry",
             extra={
@@ -390,7 +422,7 @@ class PublicationWorker:
             "publication finished",
             extra={"event": f"publication.{state}", "publication": p.id, "study_uid": p.study_uid, "reason": detail},
         )
-        self.audit.record(
+        self._audit(
             AuditEvent(
                 action=f"kos.{p.action}",
                 actor="drimbox",
@@ -405,6 +437,12 @@ class PublicationWorker:
                 self.on_finished(self.outbox.load(p.id))
             except Exception:
                 log.exception("publication outcome hook failed", extra={"event": "publication.hook_error"})
+
+    def _audit(self, event: AuditEvent) -> None:
+        try:
+            self.audit.record(event)
+        except Exception:
+            log.exception("audit record failed", extra={"event": "audit.error"})
 
     # --- inputs ---------------------------------------------------------------------------
 

@@ -12,16 +12,20 @@ from pathlib import Path
 
 import httpx
 import pytest
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 from pydicom import dcmread
 
-from drimbox.config import load_settings
+from drimbox.config import Hl7Settings, load_settings
 from drimbox.daemon import Daemon, build_app
+from drimbox.hl7.mllp import MllpServer
 from drimbox.kos.parse import read_manifest
 from drimbox.kos.rejection import rejection_note
 from drimbox.publish.outbox import State
+from drimbox.report.message import Acceptance, ReportMessage
 from drimbox.sandbox.dmp import APPROVED, DELETED, DEPRECATED, DmpSandbox
 from drimbox.sandbox.http import serve_in_thread
-from drimbox.sandbox.pki import PkiFiles
+from drimbox.sandbox.pki import PkiFiles, load_pki
 from tests.conftest import BOX_AET
 from tests.integration.test_dicomweb_orthanc import TOKEN, OneTokenVerifier
 from tests.support.datasets import CT, StudySpec, write_study
@@ -155,7 +159,7 @@ def test_dmp_faults_delay_but_never_lose_or_duplicate(site: Site) -> None:
 
     site.dmp.set_fault("hang", times=1, only="ITI-41")
     send(site.hl7_port, message("mdm-t10-imaging-report-replace.er7"))
-    wait_for(lambda: site.settled() and len(kos_entries(site.dmp)) >= 2, timeout=90, what="publication after a hang")
+    wait_for(lambda: site.settled() and len(kos_entries(site.dmp)) == 2, timeout=90, what="publication after a hang")
     assert [e.status for e in kos_entries(site.dmp)].count(APPROVED) == 1
 
     site.dmp.set_fault("down", times=4)
@@ -188,8 +192,8 @@ def test_a_report_for_a_study_the_pacs_lacks_waits_visibly(site: Site) -> None:
     ("raw", "code", "text"),
     [
         (b"MSH|^~\\&|RIS|SITE|DRIMBOX|SITE|20240101||ADT^A01^ADT_A01|1|P|2.5\rPID|1\r", "AR", b"ADT"),
-        (message("mdm-t02-imaging-report-initial.er7").replace(b"^Base64^", b"^Base64^!!!", 1), "AE", b""),
-        (message("mdm-t02-imaging-report-initial.er7").replace(b"279035121518989", b"", 1), "AE", b""),
+        (message("mdm-t02-imaging-report-initial.er7").replace(b"^Base64^", b"^Base64^!!!", 1), "AE", b"OBX^1^5"),
+        (message("mdm-t02-imaging-report-initial.er7").replace(b"279035121518989", b"", 1), "AE", b"PID^1^3"),
         (message("mdm-t02-imaging-report-initial.er7").replace(b"|VALI", b"|PROV", 1), "AE", b"identity"),
         (message("oru-r01-report-initial.hl7"), "AE", b"11502-2"),
     ],
@@ -247,6 +251,15 @@ def test_kill_9_in_the_middle_loses_nothing_and_duplicates_nothing(
         child.kill()
         child.wait(timeout=30)
 
+        # 3. The DMP registers the replacement but its answer is lost, and the box is killed then.
+        dmp.set_fault("lose", times=1, only="ITI-41")
+        child = _serve(config)
+        wait_port(hl7_port, child)
+        wait_for(lambda: len(kos_entries(dmp)) == 2, what="the DMP to register the replacement")
+        child.kill()
+        child.wait(timeout=30)
+        dmp.set_fault("none")
+
         child = _serve(config)
         wait_port(hl7_port, child)
         wait_for(lambda: [p["state"] for p in _published(config)] == ["published", "replaced"], timeout=90,
@@ -259,6 +272,7 @@ def test_kill_9_in_the_middle_loses_nothing_and_duplicates_nothing(
         dmp.stop()
     entries = kos_entries(dmp)
     assert sorted(e.status for e in entries) == sorted([APPROVED, DEPRECATED]), entries
+    assert dmp.requests["ITI-41"] == 3  # the hung one, the resend after the first kill, the replacement
     assert dmp.errors == []
 
 
@@ -288,3 +302,56 @@ def test_publications_page_needs_a_token_and_shows_states_and_refusals(site: Sit
         assert "application/problem+json" in httpx.get(f"{url}/999", headers=auth, timeout=10).headers["content-type"]
     finally:
         served.stop()
+
+
+class _RisInbox:
+    """The RIS side of the business acknowledgement: our own MLLP listener records what arrives
+    (a ZAM^Z01 is not a report, so it lands in `refuse`, with its bytes)."""
+
+    def __init__(self) -> None:
+        self.received: list[bytes] = []
+
+    def accept(self, message: ReportMessage) -> Acceptance:
+        self.received.append(message.raw)
+        return Acceptance("AA")
+
+    def refuse(self, raw: bytes, control_id: str, acceptance: Acceptance) -> None:
+        self.received.append(raw)
+
+
+def test_business_ack_reaches_the_ris_once_the_dmp_answered(tmp_path: Path, orthanc: Orthanc, pki: PkiFiles) -> None:
+    ris_inbox = _RisInbox()
+    ris = MllpServer(Hl7Settings(port=0), ris_inbox)
+    ris.start()
+    dmp = start_dmp(tmp_path / "dmp", pki)
+    orthanc.upload(write_study(StudySpec(study_uid=STUDY_UID, accession=ACCESSION), tmp_path / "study"))
+    config = box_config(tmp_path / "box", orthanc, dmp, pki, hl7_extra=f"business_ack = true\n"
+                        f'business_ack_host = "127.0.0.1"\nbusiness_ack_port = {ris.address[1]}')  # fmt: skip
+    daemon = Daemon(load_settings(config), index_at_start=False)
+    daemon.start_background()
+    try:
+        dmp.set_fault("refuse", times=1, code="XDSRegistryMetadataError", only="ITI-41")
+        send(daemon.publishing.mllp.address[1], message("mdm-t02-imaging-report-initial.er7", "FIRST"))
+        wait_for(lambda: len(ris_inbox.received) == 1, what="ZAM of the refusal")
+        send(daemon.publishing.mllp.address[1], message("mdm-t02-imaging-report-initial.er7", "SECOND"))
+        wait_for(lambda: len(ris_inbox.received) == 2, what="ZAM of the publication")
+    finally:
+        daemon.stop()
+        dmp.stop()
+        ris.stop()
+    refused, accepted = (raw.split(b"\r") for raw in ris_inbox.received)
+    assert refused[0].split(b"|")[8] == b"ZAM^Z01^ZAM_Z01"
+    assert b"|FIRST|N^^expandedYes-NoIndicator|" in b"\r".join(refused)
+    assert any(s.startswith(b"ERR|") and b"XDSRegistryMetadataError" in s for s in refused)
+    assert b"|SECOND|Y^^expandedYes-NoIndicator|" in b"\r".join(accepted)
+    assert [p.business_ack for p in daemon.node.outbox.list()] == ["sent", "sent"]
+
+
+def test_sandbox_pki_command_writes_a_usable_pki(tmp_path: Path) -> None:
+    run = subprocess.run([sys.executable, "-m", "drimbox.cli", "sandbox", "pki", str(tmp_path / "pki"),
+                          "--structure-id", "123456789"], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    pki = load_pki(tmp_path / "pki")
+    certificate = x509.load_pem_x509_certificates(pki.organisation.auth_cert.read_bytes())[0]
+    assert certificate.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)[0].value == "123456789"
+    assert "auth_p12" in run.stdout

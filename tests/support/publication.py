@@ -57,7 +57,7 @@ def start_dmp(folder: Path, pki: PkiFiles) -> DmpSandbox:
 
 def box_config(
     folder: Path, orthanc: Any, dmp: DmpSandbox, pki: PkiFiles, *, hl7_port: int | None = None,
-    dmp_timeout: float = 3, extra: str = "", publication: str = "",
+    dmp_timeout: float = 3, extra: str = "", publication: str = "", hl7_extra: str = "",
 ) -> Path:  # fmt: skip
     """A demo-mode configuration publishing to `dmp`, with quick retries for tests."""
     org = pki.organisation
@@ -69,7 +69,7 @@ def box_config(
         http_port=free_port(),
         accept_from=("STORESCU",),
         extra="\n".join([
-            "[hl7]", 'bind = "127.0.0.1"', f"port = {hl7_port or free_port()}",
+            "[hl7]", 'bind = "127.0.0.1"', f"port = {hl7_port or free_port()}", hl7_extra,
             "[publication]", "images_retry_seconds = 0.3", "retry_base_seconds = 0.2", "retry_max_seconds = 1",
             "poll_seconds = 0.1", publication,
             "[dmp]", f'url = "{dmp.base_url}"', f'auth_pkcs12 = "{org.auth_p12}"', f'auth_password = "{org.password}"',

@@ -85,6 +85,19 @@ def test_failure_carries_every_registry_error() -> None:
     assert "XDSRepositoryMetadataError" in str(caught.value)
 
 
+def test_a_busy_registry_is_retried_not_refused() -> None:
+    busy = registry(FAILURE, f'<rs:RegistryError errorCode="XDSRegistryBusy" codeContext="later" severity="{ERROR}"/>')
+    with pytest.raises(DmpUnavailable, match="busy"):
+        registry_response(busy)
+    mixed = registry(
+        FAILURE,
+        f'<rs:RegistryError errorCode="XDSRegistryBusy" severity="{ERROR}"/>'
+        f'<rs:RegistryError errorCode="XDSRegistryMetadataError" severity="{ERROR}"/>',
+    )
+    with pytest.raises(DmpRefused):
+        registry_response(mixed)
+
+
 def test_partial_success_is_a_success_with_its_warnings() -> None:
     answer = registry(PARTIAL_SUCCESS, f'<rs:RegistryError errorCode="W1" codeContext="odd" severity="{WARNING}"/>')
     outcome = registry_response(answer)

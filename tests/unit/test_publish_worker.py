@@ -7,6 +7,7 @@ definitive refusals, no double submission after a crash, replacement and deletio
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from drimbox.config import Hl7Settings, PublicationSettings
-from drimbox.errors import DmpRefused, DmpUnavailable
+from drimbox.errors import DmpRefused, DmpUnavailable, PeerUnreachable
 from drimbox.index import db
 from drimbox.index.repository import IndexRepository
 from drimbox.kos.parse import read_manifest
@@ -30,7 +31,9 @@ from drimbox.report.message import PatientIdentifier, ReportAction, ReportMessag
 from drimbox.report.model import TEST_INS_ROOTS, Identifier, Report
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
-CDA = (FIXTURES / "drim-m" / "cda-imaging-report-example.xml").read_bytes()
+REPLACING_CDA = (FIXTURES / "drim-m" / "cda-imaging-report-example.xml").read_bytes()
+#: The same report as a first version (the fixture carries a relatedDocument RPLC).
+CDA = re.sub(rb"<relatedDocument.*?</relatedDocument>", b"", REPLACING_CDA, flags=re.S)
 REPORT = read_report(CDA)
 STUDY = REPORT.studies[0].study_uid
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -77,6 +80,7 @@ class Dmp:
     provided: list[Submission] = field(default_factory=list)
     withdrawn: list[Withdrawal] = field(default_factory=list)
     faults: list[Exception] = field(default_factory=list)
+    provide_faults: list[Exception] = field(default_factory=list)
     crash_after_provide: bool = False
 
     def _fault(self) -> None:
@@ -85,6 +89,8 @@ class Dmp:
 
     def provide(self, submission: Submission) -> None:
         self._fault()
+        if self.provide_faults:
+            raise self.provide_faults.pop(0)
         self.provided.append(submission)
         uid = submission.manifest.sop_instance_uid
         self.entries[uid] = DmpEntry(f"urn:uuid:entry-{len(self.provided)}", uid, APPROVED)
@@ -110,7 +116,8 @@ class Dmp:
 
 
 class Box:
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, concurrency: int = 1) -> None:
+        self.concurrency = concurrency
         engine = db.make_engine(f"sqlite:///{folder / 'index.db'}")
         db.upgrade(engine)
         self.index = IndexRepository(engine)
@@ -135,26 +142,23 @@ class Box:
             retry_base=timedelta(seconds=30),
             retry_max=timedelta(hours=1),
             give_up=timedelta(hours=72),
+            concurrency=self.concurrency,
         )
         return PublicationWorker(self.outbox, self.catalog, self.dmp, self.index, self, settings)
 
-    def send(self, action: ReportAction = ReportAction.PUBLISH, **changes: object) -> int:
+    def message(self, action: ReportAction = ReportAction.PUBLISH, **changes: object) -> ReportMessage:
         fields: dict[str, object] = {
-            "control_id": "MSG1",
-            "message_type": "MDM^T02^MDM_T02",
-            "event": "T02",
-            "version": "2.6",
-            "action": action,
-            "document": CDA,
-            "document_type": "18748-4",
-            "identity_reliability": "VALI",
-            "patient_ids": (
-                PatientIdentifier(REPORT.patient.ins.extension, "ASIP-SANTE-INS-NIR", REPORT.patient.ins.root, "INS"),
-            ),
+            "control_id": "MSG1", "message_type": "MDM^T02^MDM_T02", "event": "T02", "version": "2.6",
+            "action": action, "document": CDA, "document_type": "18748-4", "identity_reliability": "VALI",
+            "patient_ids": (PatientIdentifier(REPORT.patient.ins.extension, "ASIP-SANTE-INS-NIR",
+                                              REPORT.patient.ins.root, "INS"),),
             "flags": {"DESTDMP": "Y"},
-        }
+        }  # fmt: skip
         fields.update(changes)
-        acceptance = self.inbox.accept(ReportMessage(**fields))  # type: ignore[arg-type]
+        return ReportMessage(**fields)  # type: ignore[arg-type]
+
+    def send(self, action: ReportAction = ReportAction.PUBLISH, **changes: object) -> int:
+        acceptance = self.inbox.accept(self.message(action, **changes))
         assert acceptance.code == "AA", acceptance
         return acceptance.publications[0]
 
@@ -211,19 +215,73 @@ def test_accession_mismatch_keeps_it_waiting_and_gives_up_after_the_window(box: 
 
 def test_network_errors_retry_with_growing_delays_and_send_once(box: Box) -> None:
     box.catalog.hold()
-    box.dmp.faults = [DmpUnavailable("connection refused"), DmpUnavailable("HTTP 503")]
+    box.dmp.provide_faults = [DmpUnavailable("HTTP 503"), DmpUnavailable("read timeout")]
     pid = box.send()
     box.worker.run_once()
     first = box.outbox.load(pid)
-    assert first.state == State.READY and first.next_attempt_at - box.clock.now == timedelta(seconds=30)
+    assert first.state == State.SENDING and first.attempts == 1
+    assert first.next_attempt_at - box.clock.now == timedelta(seconds=30)
     box.clock.advance(seconds=31)
-    box.worker.run_once()
+    box.worker.run_once()  # asks the DMP first (the outcome was unknown), then sends again
     second = box.outbox.load(pid)
-    assert second.next_attempt_at - box.clock.now == timedelta(seconds=60)
+    assert second.attempts == 2 and second.next_attempt_at - box.clock.now == timedelta(seconds=60)
     box.clock.advance(seconds=61)
     box.worker.run_once()
     assert box.state(pid) == State.PUBLISHED
     assert len(box.dmp.provided) == 1 and box.outbox.load(pid).attempts == 3
+
+
+def test_an_answer_lost_after_the_dmp_registered_is_not_a_second_submission(box: Box) -> None:
+    box.catalog.hold()
+    pid = box.send()
+    original = box.dmp.provide
+
+    def registered_then_lost(submission: Submission) -> None:
+        original(submission)
+        raise DmpUnavailable("read timeout")
+
+    box.dmp.provide = registered_then_lost  # type: ignore[method-assign]
+    box.worker.run_once()
+    box.dmp.provide = original  # type: ignore[method-assign]
+    box.clock.advance(seconds=31)
+    box.worker.run_once()
+    assert box.state(pid) == State.PUBLISHED and len(box.dmp.provided) == 1
+
+
+def test_an_audit_failure_never_reopens_a_finished_publication(box: Box) -> None:
+    box.catalog.hold()
+    pid = box.send()
+
+    def broken(event: object) -> None:
+        raise OSError("disk full")
+
+    box.record = broken  # type: ignore[method-assign]
+    box.worker.run_once()
+    box.clock.advance(hours=1)
+    box.worker.run_once()
+    assert box.state(pid) == State.PUBLISHED and len(box.dmp.provided) == 1
+
+
+def test_a_resent_message_creates_nothing_twice(box: Box) -> None:
+    box.catalog.hold()
+    first = box.inbox.accept(box.message())
+    again = box.inbox.accept(box.message())
+    assert again.code == "AA" and again.publications == first.publications and "duplicate" in again.text
+    box.worker.run_once()
+    assert len(box.dmp.provided) == 1
+
+
+def test_publications_of_different_studies_run_side_by_side(tmp_path: Path) -> None:
+    box = Box(tmp_path, concurrency=3)
+    other = box.catalog.hold()
+    box.catalog.studies["1.2.3.999"] = PacsStudy("1.2.3.999", other.series, other.patient_id, "",
+                                                 accession_number=other.accession_number)  # fmt: skip
+    pid = box.send()
+    second_cda = CDA.replace(STUDY.encode(), b"1.2.3.999")
+    pid2 = box.send(control_id="MSG9", document=second_cda)
+    box.worker.run_once()
+    assert box.state(pid) == box.state(pid2) == State.PUBLISHED
+    assert sorted(s.manifest.study_uid for s in box.dmp.provided) == sorted([STUDY, "1.2.3.999"])
 
 
 def test_a_failure_answer_is_final_and_keeps_the_dmp_codes(box: Box) -> None:
@@ -302,29 +360,32 @@ def test_intents_for_one_study_run_in_order(box: Box) -> None:
 
 
 def test_identity_that_is_not_qualified_is_refused(box: Box) -> None:
+    other_ins = (PatientIdentifier("1", "", REPORT.patient.ins.root, "INS"),)
     for changes in (
         {"identity_reliability": "PROV"},
         {"patient_ids": ()},
-        {"patient_ids": (PatientIdentifier("1", "", REPORT.patient.ins.root, "INS"),)},
+        {"patient_ids": (), "identity_reliability": ""},  # a legacy message without PID
+        {"patient_ids": other_ins},
     ):
-        acceptance = box.inbox.accept(
-            ReportMessage(
-                control_id="BAD",
-                message_type="MDM^T02^MDM_T02",
-                event="T02",
-                version="2.6",
-                action=ReportAction.PUBLISH,
-                document=CDA,
-                document_type="18748-4",
-                identity_reliability=str(changes.get("identity_reliability", "VALI")),
-                patient_ids=changes.get(
-                    "patient_ids",
-                    (PatientIdentifier(REPORT.patient.ins.extension, "", REPORT.patient.ins.root, "INS"),),
-                ),  # type: ignore[arg-type]
-            )
-        )
-        assert acceptance.code == "AE" and "identity not qualified" in acceptance.text
+        acceptance = box.inbox.accept(box.message(control_id=f"BAD{len(str(changes))}", **changes))
+        assert acceptance.code == "AE" and "identity not qualified" in acceptance.text, changes
+    cancel = box.inbox.accept(box.message(ReportAction.DELETE, control_id="OMI1", message_type="OMI^O23^OMI_O23",
+                                          document=b"", study_uids=(STUDY,), patient_ids=()))  # fmt: skip
+    assert cancel.code == "AE"
     assert box.outbox.counts() == {}
+
+
+def test_a_replacement_under_another_identity_is_refused(box: Box) -> None:
+    box.catalog.hold()
+    box.send()
+    box.worker.run_once()
+    other = CDA.replace(b'extension="279035121518989"', b'extension="180035121518911"')
+    pid = box.send(ReportAction.REPLACE, control_id="MSG2", document=other,
+                   patient_ids=(PatientIdentifier("180035121518911", "", REPORT.patient.ins.root, "INS"),))  # fmt: skip
+    box.worker.run_once()
+    view = box.outbox.load(pid)
+    assert view.state == State.REFUSED and "another patient" in view.reason
+    assert len(box.dmp.provided) == 1
 
 
 def test_iocm_rejection_replaces_then_deletes_when_nothing_remains(box: Box) -> None:
@@ -341,3 +402,50 @@ def test_iocm_rejection_replaces_then_deletes_when_nothing_remains(box: Box) -> 
     box.worker.run_once()
     assert [w.entry_uuid for w in box.dmp.withdrawn] == ["urn:uuid:entry-2"]
     assert box.outbox.list(state=State.PUBLISHED) == []
+
+
+def test_iocm_binds_to_the_kos_live_when_processed(box: Box) -> None:
+    box.catalog.hold(instances=3)
+    first = box.send()
+    handler = RejectionHandler(box.outbox, box)
+    handler(Rejection("113001", STUDY, {"1.2.3.1": ("1.2.3.1.3",)}))  # while the first KOS is not sent yet
+    box.worker.run_once()
+    box.worker.run_once()
+    assert box.state(first) == State.REPLACED
+    assert read_manifest(box.dmp.provided[-1].kos).instance_count == 2
+    handler(Rejection("113001", STUDY, {"1.2.3.1": ("1.2.3.1.3",)}))  # the same note again
+    box.worker.run_once()
+    assert len(box.dmp.provided) == 2, "a note about instances no longer in the KOS changes nothing"
+
+
+def test_iocm_after_deletion_does_not_republish(box: Box) -> None:
+    box.catalog.hold(instances=3)
+    box.send()
+    box.worker.run_once()
+    box.send(ReportAction.DELETE, control_id="MSG3")
+    RejectionHandler(box.outbox, box)(Rejection("113001", STUDY, {"1.2.3.1": ("1.2.3.1.1",)}))
+    box.worker.run_once()
+    box.worker.run_once()
+    assert len(box.dmp.provided) == 1 and len(box.dmp.withdrawn) == 1
+    assert box.outbox.list(state=State.PUBLISHED) == []
+
+
+def test_a_pacs_error_during_iocm_waits_instead_of_deleting(box: Box) -> None:
+    box.catalog.hold(instances=3)
+    box.send()
+    box.worker.run_once()
+    RejectionHandler(box.outbox, box)(Rejection("113001", STUDY, {"1.2.3.1": ("1.2.3.1.1",)}))
+    held = box.catalog.studies
+
+    class Down:
+        def study(self, study_uid: str) -> PacsStudy | None:
+            raise PeerUnreachable("PACS down")
+
+    box.worker.catalog = Down()
+    box.worker.run_once()
+    assert box.dmp.withdrawn == [] and box.outbox.list(state=State.WAITING)
+    box.worker.catalog = box.catalog
+    box.catalog.studies = held
+    box.clock.advance(minutes=6)
+    box.worker.run_once()
+    assert box.dmp.withdrawn == [] and read_manifest(box.dmp.provided[-1].kos).instance_count == 2

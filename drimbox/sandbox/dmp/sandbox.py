@@ -49,7 +49,7 @@ from drimbox.sandbox.dmp.update import update
 from drimbox.sandbox.dmp.vihf import Algorithms, check_vihf
 from drimbox.sandbox.pki import PkiFiles
 
-MODES = ("none", "down", "503", "hang", "refuse")
+MODES = ("none", "down", "503", "hang", "refuse", "lose")
 BUSY_PAGE = (
     b"<html><head><title>503 Service Unavailable</title></head><body><h1>Service Unavailable</h1></body></html>\n"
 )
@@ -177,7 +177,8 @@ class DmpSandbox:
     ) -> None:
         """Misbehave on the next `times` requests (all of them when None): "down" resets the TCP
         connection, "503" answers an HTML 503, "hang" never answers, "refuse" answers Failure with
-        `code`; "none" behaves. `only` limits it to one transaction ("ITI-41", "ITI-18"…)."""
+        `code`, "lose" does the work and then never answers (a lost answer); "none" behaves.
+        `only` limits it to one transaction ("ITI-41", "ITI-18"…)."""
         if mode not in MODES or (times is not None and times < 1) or (mode == "down" and only):
             raise ValueError(f"set_fault({mode!r}, times={times}, only={only}): unknown mode or bad limits")
         with self._lock:
@@ -256,10 +257,14 @@ class DmpSandbox:
             relates_to = message_id_of(message.envelope) if message is not None else ""
             return transaction, Reply(fault_envelope(checked, relates_to), 500), False
         assert message is not None
-        if injected is not None:  # "refuse"
+        if injected is not None and injected.mode == "refuse":
             issues = [RegistryIssue(injected.code, "refus simulé par le bac à sable (set_fault refuse)")]
             return transaction, self._refusal(transaction, Refusal(issues), checked.message_id), mtom
-        return transaction, *self._process(checked, message, peer, mtom)
+        outcome = self._process(checked, message, peer, mtom)
+        if injected is not None and injected.mode == "lose":  # done, but the answer never leaves
+            release.wait()
+            return None
+        return transaction, *outcome
 
     def _process(
         self, checked: Envelope, message: SoapMessage, peer: x509.Certificate, mtom: bool
