@@ -215,6 +215,22 @@ class Outbox:
         with self._write() as session:
             return tuple(self._add(session, intent, intent.message_id, now) for intent in intents)
 
+    def _supersede(self, session: Session, study_uid: str, by: int, now: datetime) -> None:
+        """A newer report or order for a study makes its older, never-sent intents moot: they end as
+        skipped instead of holding the newer one back while they wait for images."""
+        older = session.scalars(
+            select(Publication).where(
+                Publication.study_uid == study_uid,
+                Publication.id < by,
+                Publication.state.in_([State.PENDING, State.WAITING, State.READY]),
+                Publication.attempts == 0,
+            )
+        )
+        for row in older:
+            detail = f"superseded by publication {by} before it was sent"
+            row.state, row.reason, row.updated_at, row.finished_at = State.SKIPPED, detail, now, now
+            session.add(PublicationEvent(publication_id=row.id, at=now, state=State.SKIPPED, detail=detail))
+
     def _add(self, session: Session, intent: Intent, message_id: int | None, now: datetime) -> int:
         row = Publication(
             message_id=intent.message_id if intent.message_id is not None else message_id,
@@ -236,6 +252,8 @@ class Outbox:
         )
         session.add(row)
         session.flush()
+        if intent.origin in ("report", "order"):
+            self._supersede(session, intent.study_uid, row.id, now)
         session.add(
             PublicationEvent(
                 publication_id=row.id,

@@ -348,15 +348,29 @@ def test_deletion_sets_the_entry_deleted_and_closes_access(box: Box) -> None:
 
 
 def test_intents_for_one_study_run_in_order(box: Box) -> None:
+    box.catalog.hold()
+    box.dmp.provide_faults = [DmpUnavailable("HTTP 503")]
     first = box.send()
+    box.worker.run_once()
+    assert box.state(first) == State.SENDING
     second = box.send(ReportAction.REPLACE, control_id="MSG2")
     box.worker.run_once()
-    assert box.state(first) == State.WAITING and box.state(second) == State.PENDING
-    box.catalog.hold()
-    box.clock.advance(minutes=6)
+    assert box.state(second) == State.PENDING, "must not overtake the publication it replaces"
+    box.clock.advance(seconds=31)
     box.worker.run_once()
     box.worker.run_once()
     assert box.state(first) == State.REPLACED and box.state(second) == State.PUBLISHED
+
+
+def test_a_newer_report_supersedes_one_still_waiting_for_images(box: Box) -> None:
+    first = box.send()
+    box.worker.run_once()
+    assert box.state(first) == State.WAITING
+    cancel = box.send(ReportAction.DELETE, control_id="MSG3")
+    view = box.outbox.load(first)
+    assert view.state == State.SKIPPED and f"superseded by publication {cancel}" in view.reason
+    box.worker.run_once()
+    assert box.state(cancel) == State.SKIPPED and box.dmp.provided == [] and box.dmp.withdrawn == []
 
 
 def test_identity_that_is_not_qualified_is_refused(box: Box) -> None:
