@@ -246,6 +246,8 @@ def cmd_publications(args: argparse.Namespace) -> int:
             print(f"  {when}  {m.outcome}  {m.control_id or '-':<20} {m.message_type or '?':<18} {m.outcome_text}")
         return 0
     if args.id is not None:
+        if not 0 < args.id < 2**63:
+            raise DrimboxError(f"no publication {args.id}")
         try:
             item = outbox.load(args.id, history=True).summary()
         except KeyError:

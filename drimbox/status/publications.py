@@ -11,7 +11,7 @@ import html
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from drimbox.publish.outbox import MessageView, Outbox, State
@@ -40,7 +40,7 @@ def publications_router(outbox: Callable[[], Outbox], authenticate: Authenticate
         return JSONResponse(body) if wants_json else HTMLResponse(_html(body))
 
     @router.get("/publications/{publication_id}", summary="One publication with its whole history")
-    def publication(publication_id: int) -> JSONResponse:
+    def publication(publication_id: int = Path(ge=1, le=2**63 - 1)) -> JSONResponse:
         try:
             return JSONResponse(outbox().load(publication_id, history=True).summary())
         except KeyError:
