@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -112,8 +114,25 @@ def test_status_pages_over_http(orthanc: Orthanc, make_node: NodeFactory, tmp_pa
     assert not thread.is_alive()
 
 
+def _four_free_ports() -> int:
+    """A port p with p..p+3 free: the demo listens on HTTP, then PSC, DMP and MLLP sandboxes."""
+    for _ in range(50):
+        port = free_port()
+        if port + 3 > 65535:
+            continue
+        with contextlib.ExitStack() as stack:
+            try:
+                for offset in range(4):
+                    sock = stack.enter_context(socket.socket())
+                    sock.bind(("127.0.0.1", port + offset))
+            except OSError:
+                continue
+        return port
+    raise AssertionError("no four consecutive free ports")
+
+
 def test_demo_runs_and_stops_on_ctrl_c(tmp_path: Path) -> None:
-    port = free_port()
+    port = _four_free_ports()
     child = subprocess.Popen(
         [sys.executable, "-m", "drimbox.cli", "demo", "--data", str(tmp_path / "demo"), "--http-port", str(port)],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
