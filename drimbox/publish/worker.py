@@ -140,10 +140,16 @@ class PublicationWorker:
         if report is None:
             self._end(p, State.SKIPPED, "no report names this study's patient: nothing to do")
             return
-        if p.action == ReportAction.DELETE:
-            self._delete(p, report)
-        else:
-            self._publish(p, report)
+        # Every DMP call below ends here when it fails: a Failure answer is final, anything else retried.
+        try:
+            if p.action == ReportAction.DELETE:
+                self._delete(p, report)
+            else:
+                self._publish(p, report)
+        except DmpRefused as exc:
+            self._refused(p, exc)
+        except DmpUnavailable as exc:
+            self._retry(p, f"DMP unavailable: {exc}")
 
     def _iocm_target(self, p: PublicationView) -> PublicationView | None:
         """Bind a rejection to the KOS live *now*: its report, and every instance rejected so far."""
@@ -195,14 +201,7 @@ class PublicationWorker:
             else None,
             replaces=replaced or None,
         )
-        try:
-            self.gateway.provide(submission)
-        except DmpRefused as exc:
-            self._refused(p, exc)
-            return
-        except DmpUnavailable as exc:
-            self._retry(p, f"DMP unavailable: {exc}")
-            return
+        self.gateway.provide(submission)
         self._published(self.outbox.load(p.id))
 
     def _build(self, p: PublicationView, report: Report) -> bytes | None:
@@ -260,14 +259,7 @@ class PublicationWorker:
         if p.action == ReportAction.PUBLISH and self.settings.replacement == "explicit":
             self._end(p, State.REFUSED, f"study already published (KOS {live.kos_sop_uid}); send a replacement")
             return False
-        try:
-            entry = self.gateway.find_entry(Identifier(p.ins_root, p.ins), live.kos_sop_uid, self._report_of(live))
-        except DmpUnavailable as exc:
-            self._retry(p, f"DMP unavailable while looking up the replaced entry: {exc}")
-            return False
-        except DmpRefused as exc:
-            self._refused(p, exc)
-            return False
+        entry = self.gateway.find_entry(Identifier(p.ins_root, p.ins), live.kos_sop_uid, self._report_of(live))
         if entry is None or entry.status not in ("", APPROVED):
             # The DMP no longer shows it as current: publish as new, retire ours locally.
             state = entry.status if entry else "absent"
@@ -291,9 +283,6 @@ class PublicationWorker:
         """After a crash mid-call: does the DMP already hold this KOS? Then finish without resending."""
         try:
             entry = self.gateway.find_entry(Identifier(p.ins_root, p.ins), p.kos_sop_uid, report)
-        except DmpUnavailable as exc:
-            self._retry(p, f"DMP unavailable while checking a previous attempt: {exc}")
-            return True
         except DmpRefused:
             entry = None
         if entry is None:
@@ -314,21 +303,14 @@ class PublicationWorker:
     # --- delete ---------------------------------------------------------------------------
 
     def _delete(self, p: PublicationView, report: Report) -> None:
-        target = self.outbox.load(p.replaces_id) if p.replaces_id else self.outbox.live(p.study_uid, before=p.id)
+        target = self._followed(p)
         if target is None:
             self._end(p, State.SKIPPED, "nothing published for this study: nothing to delete")
             return
         if (target.ins, target.ins_root) != (p.ins, p.ins_root):
             self._end(p, State.REFUSED, "the deletion does not name the patient of the published KOS")
             return
-        try:
-            entry = self.gateway.find_entry(Identifier(target.ins_root, target.ins), target.kos_sop_uid, report)
-        except DmpUnavailable as exc:
-            self._retry(p, f"DMP unavailable: {exc}")
-            return
-        except DmpRefused as exc:
-            self._refused(p, exc)
-            return
+        entry = self.gateway.find_entry(Identifier(target.ins_root, target.ins), target.kos_sop_uid, report)
         if entry is None or entry.status == DELETED:
             self._deleted(p, target, "the DMP no longer holds the entry")
             return
@@ -340,14 +322,7 @@ class PublicationWorker:
             replaces_id=target.id,
             replaced_entry_uuid=entry.entry_uuid,
         )
-        try:
-            self.gateway.withdraw(Withdrawal(p.submission_uid, entry.entry_uuid, report, self.now))
-        except DmpRefused as exc:
-            self._refused(p, exc)
-            return
-        except DmpUnavailable as exc:
-            self._retry(p, f"DMP unavailable: {exc}")
-            return
+        self.gateway.withdraw(Withdrawal(p.submission_uid, entry.entry_uuid, report, self.now))
         self._deleted(p, target, f"entry {entry.entry_uuid} set to Deleted")
 
     def _deleted(self, p: PublicationView, target: PublicationView, detail: str) -> None:
@@ -410,6 +385,7 @@ class PublicationWorker:
         )
 
     def _refused(self, p: PublicationView, exc: DmpRefused) -> None:
+        p = self.outbox.load(p.id)
         issues = [_issue(i) for i in exc.issues]
         codes = ", ".join(i["code"] for i in issues) or "no error code"
         self._end(p, State.REFUSED, f"refused by the DMP ({codes}): {exc}", dmp_issues=issues)
@@ -451,8 +427,12 @@ class PublicationWorker:
         document = self.outbox.document(p.message_id) if p.message_id else None
         if document:
             return read_report(document)
-        live = self.outbox.load(p.replaces_id) if p.replaces_id else self.outbox.live(p.study_uid, before=p.id)
-        return self._report_of(live) if live is not None else None
+        followed = self._followed(p)
+        return self._report_of(followed) if followed is not None else None
+
+    def _followed(self, p: PublicationView) -> PublicationView | None:
+        """The publication this one replaces or deletes: the one it recorded, else the live one."""
+        return self.outbox.load(p.replaces_id) if p.replaces_id else self.outbox.live(p.study_uid, before=p.id)
 
     def _report_of(self, p: PublicationView) -> Report:
         document = self.outbox.document(p.message_id) if p.message_id else None
