@@ -12,6 +12,7 @@ from pydicom.dataset import Dataset
 
 from drimbox.dimse.connection import PeerConnector
 from drimbox.dimse.find import STUDY_KEYS, PacsQuery
+from drimbox.index.records import integer, text
 from drimbox.index.repository import IndexRepository
 from drimbox.publish.assembly import PacsInstance, PacsSeries, PacsStudy
 
@@ -42,14 +43,12 @@ class PacsCatalog:
         known: dict[str, str] | None = None
         seen: set[str] = set()
         for match in self.query.series(study_uid):
-            uid = str(match.get("SeriesInstanceUID", ""))
+            uid = text(match, "SeriesInstanceUID")
             if uid in seen:  # some PACS answer one SERIES match per instance
                 continue
             seen.add(uid)
             instances = tuple(
-                PacsInstance(
-                    str(i.get("SOPClassUID", "")), str(i.get("SOPInstanceUID", "")), _int(i.get("InstanceNumber"))
-                )
+                PacsInstance(text(i, "SOPClassUID"), text(i, "SOPInstanceUID"), integer(i, "InstanceNumber"))
                 for i in self.query.instances(study_uid, uid)
             )
             if any(not i.sop_class_uid for i in instances):
@@ -60,33 +59,21 @@ class PacsCatalog:
                     PacsSeries(
                         uid,
                         instances,
-                        _text(match, "Modality"),
-                        _text(match, "SeriesDescription"),
-                        _int(match.get("SeriesNumber")),
+                        text(match, "Modality"),
+                        text(match, "SeriesDescription"),
+                        integer(match, "SeriesNumber"),
                     )
                 )
         return PacsStudy(
             study_uid=study_uid,
             series=tuple(series),
-            patient_id=_text(top, "PatientID"),
-            issuer_of_patient_id=_text(top, "IssuerOfPatientID"),
-            accession_number=_text(top, "AccessionNumber"),
-            study_date=_text(top, "StudyDate"),
-            study_time=_text(top, "StudyTime"),
-            study_id=_text(top, "StudyID"),
-            description=_text(top, "StudyDescription"),
-            referring_physician=_text(top, "ReferringPhysicianName"),
-            expected_instances=_int(top.get("NumberOfStudyRelatedInstances")),
+            patient_id=text(top, "PatientID"),
+            issuer_of_patient_id=text(top, "IssuerOfPatientID"),
+            accession_number=text(top, "AccessionNumber"),
+            study_date=text(top, "StudyDate"),
+            study_time=text(top, "StudyTime"),
+            study_id=text(top, "StudyID"),
+            description=text(top, "StudyDescription"),
+            referring_physician=text(top, "ReferringPhysicianName", 324),
+            expected_instances=integer(top, "NumberOfStudyRelatedInstances"),
         )
-
-
-def _text(match: Dataset, key: str) -> str:
-    value = match.get(key)
-    return "" if value is None else str(value)
-
-
-def _int(value: object) -> int | None:
-    try:
-        return int(str(value)) if value not in (None, "") else None
-    except ValueError:
-        return None
