@@ -29,7 +29,7 @@ class RejectionHandler:
         current = next(
             (
                 p
-                for p in self.outbox.list(study_uid=rejection.study_uid, limit=20)
+                for p in self.outbox.list(study_uid=rejection.study_uid, limit=20, history=False)
                 if p.active or p.state == State.PUBLISHED
             ),
             None,

@@ -362,7 +362,9 @@ class Outbox:
             row = session.scalars(query.order_by(Publication.id.desc()).limit(1)).first()
             return _view(session, row, False) if row is not None else None
 
-    def list(self, state: str | None = None, study_uid: str | None = None, limit: int = 100) -> list[PublicationView]:
+    def list(
+        self, state: str | None = None, study_uid: str | None = None, limit: int = 100, history: bool = True
+    ) -> list[PublicationView]:
         with self._sessions() as session:
             query = select(Publication)
             if state:
@@ -370,7 +372,7 @@ class Outbox:
             if study_uid:
                 query = query.where(Publication.study_uid == study_uid)
             rows = session.scalars(query.order_by(Publication.id.desc()).limit(limit))
-            return [_view(session, row, True) for row in rows]
+            return [_view(session, row, history) for row in rows]
 
     def counts(self) -> dict[str, int]:
         with self._sessions() as session:

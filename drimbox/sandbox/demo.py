@@ -256,7 +256,7 @@ def publish_samples(daemon: Daemon, settings: Settings, timeout: float = 60) -> 
     send_messages(settings.hl7.bind, settings.hl7.port, messages, timeout=60)
     outbox = daemon.node.outbox
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(p.active for p in outbox.list()):
+    while time.monotonic() < deadline and any(p.active for p in outbox.list(history=False)):
         time.sleep(0.2)
     return {p.study_uid: p.kos_sop_uid for p in outbox.list(state="published")}
 
