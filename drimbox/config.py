@@ -60,13 +60,22 @@ class SiteSettings(_Section):
 class TlsSettings(_Section):
     """TLS on our HTTP listener, so the box can face the network without a separate proxy.
 
-    `client_ca` set means mutual TLS: a client must present a certificate chaining to it (the
-    DRIM-M operators' IGC-Santé ORG certificates).
+    `client_ca` set means mutual TLS (DRIM-M A9): a client must present a certificate chaining to
+    it (the DRIM-M operators' IGC-Santé ORG certificates), not revoked (`revocation`: CRL files,
+    OCSP, or both; fail closed unless `revocation_fail_open`), and, when `whitelist_peers`, whose
+    subject DN is a `DNCertificatOperateur` of the whitelist in force.
     """
 
     certificate: Path | None = None
     key: Path | None = None
     client_ca: Path | None = None
+    revocation: Literal["crl", "ocsp", "crl+ocsp", "none"] = "crl"
+    crl_files: list[Path] = Field(default_factory=list, description="PEM or DER CRLs of every CA in client_ca")
+    ocsp_url: str = Field(default="", description="OCSP responder; empty = the certificate's AIA")
+    ocsp_timeout_seconds: float = Field(default=5, gt=0)
+    revocation_fail_open: bool = Field(default=False, description="let a peer in when revocation cannot be checked")
+    whitelist_peers: bool = Field(default=True, description="only peers whose DN is in the ANS whitelist")
+    minimum_version: Literal["TLSv1.2", "TLSv1.3"] = "TLSv1.2"
 
     @model_validator(mode="after")
     def _pair(self) -> TlsSettings:
@@ -74,6 +83,8 @@ class TlsSettings(_Section):
             raise ValueError("http.tls: give both certificate and key, or neither")
         if self.client_ca is not None and self.certificate is None:
             raise ValueError("http.tls.client_ca: requires certificate and key (mutual TLS is TLS first)")
+        if self.client_ca is not None and "crl" in self.revocation and not self.crl_files:
+            raise ValueError('http.tls.crl_files: required when revocation includes "crl" (or set revocation)')
         return self
 
 
@@ -283,6 +294,59 @@ class DmpSettings(_Section):
     )
 
 
+class WhitelistSettings(_Section):
+    """The ANS whitelist of DRIM-M boxes (DRIM-M §4.12, A9): downloaded, signature-checked, kept.
+
+    The list in force is the last one whose XMLDSig/XAdES signature verified with a signer chained
+    to `trust_anchors` and named `signer_cn`/`signer_ou`; a refused download never replaces it.
+    """
+
+    url: str = Field(default="", description="where the signed list is published; empty = `initial_file` only")
+    initial_file: Path | None = Field(default=None, description="a signed list to start from (verified too)")
+    trust_anchors: Path | None = Field(default=None, description="PEM: IGC-Santé root(s) the signer chains to")
+    crl_files: list[Path] = Field(default_factory=list, description="CRLs checked for the signer's chain")
+    signer_cn: str = "Liste Blanche DRIM-M"
+    signer_ou: str = "318751275100020"
+    refresh_hours: float = Field(default=24, gt=0)
+    retry_minutes: float = Field(default=30, gt=0, description="after a failed download")
+    max_age_hours: float = Field(default=48, gt=0, description="alert when the list in force is older")
+    timeout_seconds: float = Field(default=30, gt=0)
+    ca_bundle: Path | None = Field(default=None, description="CA certificates for the download's https server")
+
+
+class AuditSettings(_Section):
+    """The audit trail (DRIM-M §6): hash-chained records in the index, exported as DICOM PS3.15
+    audit messages over syslog (RFC 5424 over TLS, RFC 5425) when `syslog_host` is set."""
+
+    syslog_host: str = ""
+    syslog_port: int = Field(default=6514, ge=1, le=65535)
+    syslog_ca: Path | None = Field(default=None, description="CA certificates of the collector")
+    syslog_certificate: Path | None = Field(default=None, description="our client certificate (PEM), optional")
+    syslog_key: Path | None = None
+    syslog_app_name: str = "drimbox"
+    source_id: str = Field(default="", description="AuditSourceID; empty = the site's structure id")
+    export_batch: int = Field(default=200, ge=1, le=10_000)
+    export_retry_seconds: float = Field(default=10, gt=0)
+
+
+class LimitSettings(_Section):
+    """Per-peer request limits on the HTTP listener (hardening)."""
+
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, description="largest request body accepted")
+    max_header_bytes: int = Field(default=16_384, ge=1024)
+    requests_per_minute: int = Field(default=6000, ge=1, description="per client address (and per peer DN)")
+    burst: int = Field(default=600, ge=1)
+
+
+class StatisticsSettings(_Section):
+    """The ANS statistics export (ModelStat, DRIM-M §6)."""
+
+    columns: list[str] = Field(
+        default_factory=lambda: ["Date", "Identifiant_DRIMbox", "Nombre_Appel", "Statut_Appel"],
+        description="columns of the CSV, in order (known: see docs/trust.md)",
+    )
+
+
 class Settings(BaseSettings):
     """Everything drimbox needs to run, validated at start."""
 
@@ -301,6 +365,10 @@ class Settings(BaseSettings):
     hl7: Hl7Settings = Hl7Settings()
     publication: PublicationSettings = PublicationSettings()
     dmp: DmpSettings = DmpSettings()
+    whitelist: WhitelistSettings = WhitelistSettings()
+    audit: AuditSettings = AuditSettings()
+    limits: LimitSettings = LimitSettings()
+    statistics: StatisticsSettings = StatisticsSettings()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @classmethod
@@ -384,12 +452,17 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
         return section.model_copy(update=updates)
 
     tls = resolved(settings.http.tls, "certificate", "key", "client_ca")
+    tls = tls.model_copy(update={"crl_files": [base / path for path in settings.http.tls.crl_files]})
+    whitelist = resolved(settings.whitelist, "initial_file", "trust_anchors", "ca_bundle")
+    whitelist = whitelist.model_copy(update={"crl_files": [base / path for path in settings.whitelist.crl_files]})
     return settings.model_copy(
         update={
             "store": resolved(settings.store, "folder"),
             "http": settings.http.model_copy(update={"tls": tls}),
             "auth": resolved(settings.auth, "client_certificate", "client_key", "ca_bundle"),
             "dmp": resolved(settings.dmp, "auth_pkcs12", "signature_pkcs12", "ca_bundle"),
+            "whitelist": whitelist,
+            "audit": resolved(settings.audit, "syslog_ca", "syslog_certificate", "syslog_key"),
         }
     )
 

@@ -88,3 +88,17 @@ class DmpRefused(DrimboxError):
     def __init__(self, message: str, issues: tuple[object, ...] = ()) -> None:
         super().__init__(message)
         self.issues = issues
+
+
+class WhitelistRefused(DrimboxError):
+    """A downloaded or configured ANS whitelist we will not put in force (unsigned, altered, signed
+    by someone else, expired signer, older than the list in force, unreadable)."""
+
+
+class PeerRefused(AccessDenied):
+    """A remote box whose TLS client certificate we do not accept (not whitelisted, revoked,
+    revocation unknown while failing closed). `reason` is what the audit trail records."""
+
+
+class AuditTampered(DrimboxError):
+    """The audit trail's hash chain does not verify: a stored record was changed or removed."""

@@ -13,8 +13,9 @@ class AuditEvent:
     """One access to patient data or one security-relevant event.
 
     `action` is a short verb phrase (`instance.stored`, `study.retrieved`, `pacs.indexed`);
-    `actor` says who caused it (an AE title, a user, `system`); `outcome` is `success` or
-    `failure`.
+    `actor` says who caused it (an AE title, a professional's national id, `system`); `outcome`
+    is `success` or `failure`; `patient_id` is the INS when known (else the IPP); `peer` is the
+    remote box's certificate DN (or address) when the event came over the network.
     """
 
     action: str
@@ -23,6 +24,7 @@ class AuditEvent:
     patient_id: str = ""
     study_uid: str = ""
     detail: dict[str, object] = field(default_factory=dict)
+    peer: str = ""
 
 
 class AuditTrail(Protocol):
@@ -55,6 +57,8 @@ class Principal:
     client_id: str = ""
     expires_at: float | None = None
     claims: Mapping[str, object] = field(default_factory=dict)
+    profession: str = ""  # e.g. "10" (médecin) with its savoir-faire "SM44", from SubjectRefPro
+    structure: str = ""  # the activity's structure id (FINESS/SIRET), from SubjectRefPro
 
 
 class TokenVerifier(Protocol):
