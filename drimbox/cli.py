@@ -11,7 +11,7 @@ import contextlib
 import json
 import sys
 from collections.abc import Sequence
-from datetime import date
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 from drimbox import __version__
@@ -81,6 +81,24 @@ def _parser() -> argparse.ArgumentParser:
     pubs.add_argument("--refused", action="store_true", help="the report messages refused (AE/AR) and why")
     pubs.set_defaults(run=cmd_publications)
 
+    audit = sub.add_parser("audit", help="the audit trail: who accessed which patient's data, and refusals")
+    audit.add_argument("action_name", nargs="?", choices=["verify"], help="verify: check the hash chain")
+    audit.add_argument("--patient", default="", help="only this patient (INS, or IPP)")
+    audit.add_argument("--study", default="", help="only this StudyInstanceUID")
+    audit.add_argument("--action", default="", help="only this action, or a prefix ending in '.' (e.g. dicomweb.)")
+    audit.add_argument("--failures", action="store_true", help="only refusals and failures")
+    audit.add_argument("--since", type=_moment, help="from this date or time (YYYY-MM-DD[THH:MM], or 'today')")
+    audit.add_argument("--until", type=_moment, help="before this date or time")
+    audit.add_argument("--limit", type=int, default=100)
+    audit.add_argument("--json", action="store_true", help="one JSON object per line")
+    audit.set_defaults(run=cmd_audit)
+
+    stats = sub.add_parser("stats", help="the ANS statistics export (ModelStat CSV) from the audit trail")
+    stats.add_argument("--since", type=_moment, help="first day (default: yesterday)")
+    stats.add_argument("--until", type=_moment, help="end, excluded (default: today 00:00)")
+    stats.add_argument("--output", type=Path, help="write the CSV here (default: standard output)")
+    stats.set_defaults(run=cmd_stats)
+
     sandbox = sub.add_parser("sandbox", help="local stand-ins of the national services (tests, demo)")
     sandbox_sub = sandbox.add_subparsers(dest="sandbox_command", required=True, metavar="ACTION")
     pki = sandbox_sub.add_parser("pki", help="create a test PKI (IGC-Santé stand-in, ORG certificates, PKCS#12)")
@@ -104,6 +122,17 @@ def _date(text: str) -> date:
         return date.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
+
+
+def _moment(text: str) -> datetime:
+    """A date or date-time for --since/--until, in local time unless it names its zone."""
+    if text == "today":
+        return datetime.combine(date.today(), datetime.min.time()).astimezone()
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date or time (YYYY-MM-DD[THH:MM])") from None
+    return moment if moment.tzinfo is not None else moment.astimezone()
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -273,6 +302,57 @@ def cmd_publications(args: argparse.Namespace) -> int:
     for item in items:
         print(f"  {item['id']:>6}  {item['updated_at']}  {item['action']:<8} {item['state']:<10} "
               f"{item['study_uid']}  {item['reason']}")  # fmt: skip
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """List audit records, or verify the chain (exit 1 and the first broken record if tampered)."""
+    from drimbox.audit.trail import ChainedAuditTrail, format_records
+    from drimbox.index import db
+
+    settings = _settings(args)
+    trail = ChainedAuditTrail(db.make_engine(settings.database_url))
+    if args.action_name == "verify":
+        report = trail.check()
+        print(f"audit trail intact: {report.checked} records, chain head {report.head_seq}")
+        return 0
+    if not 1 <= args.limit <= 100_000:
+        raise DrimboxError("--limit must be between 1 and 100000")
+    records = trail.query(patient_id=args.patient, study_uid=args.study, action=args.action,
+                          outcome="failure" if args.failures else "", since=args.since, until=args.until,
+                          limit=args.limit, newest_first=False)  # fmt: skip
+    if args.json:
+        for record in records:
+            print(json.dumps(record.as_dict(), ensure_ascii=False))
+        return 0
+    for line in format_records(records):
+        print(line)
+    if not records:
+        print("no audit record matches", file=sys.stderr)
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from drimbox.audit.statistics import model_stat_csv, model_stat_rows, walk
+    from drimbox.audit.trail import ChainedAuditTrail
+    from drimbox.index import db
+
+    settings = _settings(args)
+    until = args.until or _moment("today")
+    since = args.since or until - timedelta(days=1)
+    if since >= until:
+        raise DrimboxError("--since must be before --until")
+    trail = ChainedAuditTrail(db.make_engine(settings.database_url))
+    rows = model_stat_rows(walk(trail, since, until), settings.site.structure_id)
+    try:
+        text = model_stat_csv(rows, settings.statistics.columns)
+    except ValueError as exc:
+        raise DrimboxError(f"[statistics] columns: {exc}") from None
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        args.output.write_text(text, encoding="utf-8")
+        print(f"{len(rows)} rows written to {args.output}")
     return 0
 
 

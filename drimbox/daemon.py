@@ -20,11 +20,13 @@ import uvicorn
 from fastapi import FastAPI, Request
 
 from drimbox import __version__
-from drimbox.audit.log import LogAuditTrail
+from drimbox.audit.statistics import last_day_counters
+from drimbox.audit.trail import ChainedAuditTrail
 from drimbox.auth.factory import make_verifier
 from drimbox.bearer import bearer_token
 from drimbox.config import Settings
 from drimbox.dicomweb import problems
+from drimbox.dicomweb.audit import AccessAudit
 from drimbox.dicomweb.fetching import RetrievalHub
 from drimbox.dicomweb.frames import PixelTranscoder, frames_router
 from drimbox.dicomweb.guard import kos_guard
@@ -36,14 +38,15 @@ from drimbox.dimse.parallel import WorkerPool
 from drimbox.dimse.retrieve import Retriever
 from drimbox.dimse.scp import StoreServer
 from drimbox.dimse.storage import StorageHandler
-from drimbox.errors import DrimboxError
+from drimbox.errors import DrimboxError, TokenRejected, VerifierUnavailable
 from drimbox.index import db
 from drimbox.index.repository import IndexRepository
 from drimbox.logs import configure_logging
-from drimbox.ports import AuditTrail, Principal, TokenVerifier
+from drimbox.ports import AuditEvent, AuditTrail, Principal, TokenVerifier
 from drimbox.publish.outbox import Outbox
 from drimbox.publish.submission import DmpGateway
 from drimbox.publishing import build_publishing
+from drimbox.status.audit import audit_router
 from drimbox.status.publications import publications_router
 from drimbox.status.routes import status_router
 from drimbox.store.cache import StoreCache
@@ -75,12 +78,13 @@ class Node:
     scp: StoreServer
     retriever: Retriever
     indexer: PacsIndexer
-    audit: AuditTrail
+    audit: ChainedAuditTrail
     wado: Wado
     outbox: Outbox
     started: float = field(default_factory=time.time)
     peer_health: dict[str, PeerHealth] = field(default_factory=dict)
     last_indexing: dict[str, Any] = field(default_factory=dict)
+    _activity_cache: tuple[float, dict[str, int]] | None = None
 
     def close(self) -> None:
         """Stop the DICOM listener and any retrieval worker; release the database."""
@@ -149,7 +153,15 @@ class Node:
             "index": asdict(counts),
             "last_indexing": self.last_indexing,
             "publications": self.outbox.counts(),
+            "last_24h": self._activity(),
         }
+
+    def _activity(self) -> dict[str, int]:
+        """The last 24 hours from the audit trail, recomputed at most once a minute."""
+        now = time.monotonic()
+        if self._activity_cache is None or now - self._activity_cache[0] > 60:
+            self._activity_cache = (now, last_day_counters(self.audit))
+        return self._activity_cache[1]
 
 
 @dataclass(frozen=True)
@@ -158,7 +170,7 @@ class _Core:
 
     index: IndexRepository
     store: InstanceStore
-    audit: LogAuditTrail
+    audit: ChainedAuditTrail
     storage: StorageHandler
     connector: PeerConnector
 
@@ -166,7 +178,7 @@ class _Core:
     def open(cls, settings: Settings) -> _Core:
         index = IndexRepository(db.make_engine(settings.database_url))
         store = InstanceStore(settings.store.folder, settings.store.fsync)
-        audit = LogAuditTrail(settings.store.folder)
+        audit = ChainedAuditTrail(index.engine)
         storage = StorageHandler(InstanceIntake(store, index, audit, public_prefix(settings)))
         return cls(index, store, audit, storage, PeerConnector(settings.dimse, dict(settings.pacs)))
 
@@ -224,24 +236,46 @@ def build_app(node: Node, verifier: TokenVerifier | None = None) -> FastAPI:
     app.include_router(status_router(node.snapshot))
     if verifier is None:
         verifier = make_verifier(settings.auth)
-    authorize = kos_guard(verifier, node.index.study_of_kos, node.audit, settings.auth.kos_mismatch_status)
+    authorize = kos_guard(verifier, node.index.kos_access, settings.auth.kos_mismatch_status)
     app.include_router(wado_router(node.wado, authorize), prefix=settings.dicomweb.prefix)
     app.include_router(frames_router(node.wado, authorize), prefix=settings.dicomweb.prefix)
     qido = qido_router(lambda: node.index, default_limit=settings.dicomweb.default_limit,
                        max_limit=settings.dicomweb.max_limit, authorize=authorize,
-                       public_prefix=public_prefix(settings), audit=node.audit)  # fmt: skip
+                       public_prefix=public_prefix(settings))  # fmt: skip
     app.include_router(qido, prefix=settings.dicomweb.prefix)
-    app.include_router(publications_router(lambda: node.outbox, _authenticated(verifier)))
+    operator = _authenticated(verifier, node.audit)
+    app.include_router(publications_router(lambda: node.outbox, operator))
+    app.include_router(audit_router(node.audit, node.audit, operator))
+    app.add_middleware(AccessAudit, audit=node.audit, prefix=settings.dicomweb.prefix)
     return app
 
 
-def _authenticated(verifier: TokenVerifier) -> Callable[[Request], Principal]:
-    """The dependency of operator routes: a valid bearer token, else 401 (503 when PSC is down)."""
+def _authenticated(verifier: TokenVerifier, audit: AuditTrail) -> Callable[[Request], Principal]:
+    """The dependency of operator routes: a valid bearer token, else 401 (503 when PSC is down).
+
+    Each refusal is an audit record (`auth.refused`); each page an operator opens is one too
+    (`admin.viewed`), as those pages show patient identifiers.
+    """
 
     def authenticate(request: Request) -> Principal:
-        return verifier.verify(bearer_token(request.headers.get("authorization")))
+        try:
+            principal = verifier.verify(bearer_token(request.headers.get("authorization")))
+        except (TokenRejected, VerifierUnavailable) as exc:
+            audit.record(AuditEvent("auth.refused", "unauthenticated", "failure", peer=_client(request),
+                                    detail={"path": request.url.path[:512], "reason": str(exc)}))  # fmt: skip
+            raise
+        audit.record(AuditEvent("admin.viewed", principal.subject, peer=_client(request),
+                                detail={"path": request.url.path[:512]}))  # fmt: skip
+        return principal
 
     return authenticate
+
+
+def _client(request: Request) -> str:
+    tls = request.scope.get("extensions", {}).get("tls", {})
+    if isinstance(tls, dict) and tls.get("client_cert_name"):
+        return str(tls["client_cert_name"])
+    return f"{request.client.host}:{request.client.port}" if request.client else ""
 
 
 class Daemon:

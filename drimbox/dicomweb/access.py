@@ -15,6 +15,7 @@ class AccessScope:
 
     study_uids: frozenset[str] | None
     subject: str
+    patient_id: str = ""  # the INS the KOS was published under, for the audit trail
 
     def allows(self, study_uid: str) -> bool:
         return self.study_uids is None or study_uid in self.study_uids

@@ -23,7 +23,6 @@ from drimbox.dicomweb.problems import Problem
 from drimbox.dicomweb.wado import Wado
 from drimbox.errors import DrimboxError
 from drimbox.index.repository import HeldInstance
-from drimbox.ports import AuditEvent
 from drimbox.store import frames as frame_store
 from drimbox.store import metadata, pixels
 from drimbox.store.frames import FrameIndex
@@ -197,7 +196,6 @@ def _instance(wado: Wado, scope: AccessScope, study: str, series: str, sop: str)
     held = next(wado.instances(study, series, sop), None)
     if held is None:
         raise Problem(502, "the PACS did not deliver the instance; retry later")
-    wado.audit.record(AuditEvent("dicomweb.pixels", scope.subject, study_uid=study, detail={"sop_uid": sop}))
     return held
 
 
@@ -208,12 +206,10 @@ def _representative(wado: Wado, scope: AccessScope, study: str, series: str | No
         checked_uid(series, "series UID in the path")
     held = wado.index.held(study, series)
     if held:
-        wado.audit.record(AuditEvent("dicomweb.pixels", scope.subject, study_uid=study))
         return held[len(held) // 2]
     first = next(wado.instances(study, series), None)
     if first is None:
         raise Problem(502, "the PACS did not deliver the instances; retry later")
-    wado.audit.record(AuditEvent("dicomweb.pixels", scope.subject, study_uid=study))
     return first
 
 

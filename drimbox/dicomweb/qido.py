@@ -49,7 +49,6 @@ from drimbox.index.queries import (
     search,
 )
 from drimbox.index.repository import IndexRepository
-from drimbox.ports import AuditEvent, AuditTrail
 
 DICOM_JSON = "application/dicom+json"
 PROBLEM_JSON = "application/problem+json"
@@ -368,7 +367,6 @@ def qido_router(
     max_limit: int,
     authorize: Authorize,
     public_prefix: str,
-    audit: AuditTrail | None = None,
     limiter: anyio.CapacityLimiter | None = None,
 ) -> APIRouter:
     """The six QIDO-RS routes; `authorize` (a FastAPI dependency) gives each request its AccessScope.
@@ -406,9 +404,6 @@ def qido_router(
         warnings = list(parsed.warnings)
         if len(rows) > page and parsed.warn_if_more and TOO_MANY not in warnings:
             warnings.insert(0, TOO_MANY)
-        if audit is not None:
-            audit.record(AuditEvent("dicomweb.search", scope.subject, study_uid=study or "",
-                                    detail={"level": level, "results": min(len(rows), page)}))  # fmt: skip
         body = json.dumps(render(rows[:page], parsed, public_prefix), ensure_ascii=False, separators=(",", ":"))
         headers = {"Warning": ", ".join(f'299 drimbox: "{w}"' for w in warnings)} if warnings else None
         return Response(body.encode(), media_type=media_type, headers=headers)

@@ -26,7 +26,7 @@ from drimbox.dicomweb.fetching import RetrievalHub
 from drimbox.dicomweb.problems import Problem
 from drimbox.errors import RetrieveFailed
 from drimbox.index.repository import HeldInstance, IndexRepository
-from drimbox.ports import AuditEvent, AuditTrail
+from drimbox.ports import AuditTrail
 from drimbox.store import metadata
 from drimbox.store.cache import StoreCache
 from drimbox.uids import checked_uid
@@ -160,8 +160,6 @@ class Wado:
             raise Problem(404 if sop else 502, "the PACS did not deliver the instances asked for; retry later")
         first_syntax = self._syntax(choice, first)  # 406 before anything is sent
         boundary = multipart.new_boundary()
-        self.audit.record(AuditEvent("dicomweb.retrieve", scope.subject, study_uid=study,
-                                     detail={"series_uid": series or "", "sop_uid": sop or ""}))  # fmt: skip
 
         def body() -> Iterator[bytes]:
             served = [first.sop_uid]
@@ -213,8 +211,6 @@ class Wado:
         stats = [path.stat() for path in sidecars]
         etag = _etag([(p.name, s.st_size, s.st_mtime_ns) for p, s in zip(sidecars, stats, strict=True)])
         headers = {"ETag": etag, "Cache-Control": "private, no-cache", "Vary": "Accept-Encoding"}
-        self.audit.record(AuditEvent("dicomweb.metadata", scope.subject, study_uid=study,
-                                     detail={"series_uid": series or "", "sop_uid": sop or ""}))  # fmt: skip
         gzipped = _accepts_gzip(request.headers.get("accept-encoding", ""))
         if gzipped:
             headers["ETag"] = etag = etag[:-1] + '-gz"'  # one validator per content coding (RFC 9110 §8.8.3)

@@ -189,3 +189,48 @@ class PublicationEvent(Base):
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     state: Mapped[str] = mapped_column(String(16))
     detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class AuditRecord(Base):
+    """One audit record (DRIM-M §6), chained to the one before it by `hash`.
+
+    `hash` = SHA-256 of the previous record's hash and this record's canonical content, so a
+    record changed or removed anywhere breaks every hash after it (`drimbox audit verify`). The
+    product only ever inserts rows here.
+    """
+
+    __tablename__ = "audit_record"
+
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                     autoincrement=False)  # fmt: skip
+    recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    actor: Mapped[str] = mapped_column(String(512))
+    outcome: Mapped[str] = mapped_column(String(16))
+    patient_id: Mapped[str] = mapped_column(String(128), index=True)
+    study_uid: Mapped[str] = mapped_column(String(64), index=True)
+    peer: Mapped[str] = mapped_column(String(512))
+    detail: Mapped[str] = mapped_column(Text, doc="canonical JSON object")
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditHead(Base):
+    """The chain's head: one row, updated in the transaction that inserts each record, which
+    serialises writers across processes (SQLite and PostgreSQL both lock the row)."""
+
+    __tablename__ = "audit_head"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditExport(Base):
+    """How far each export sink (the syslog collector) has received the chain."""
+
+    __tablename__ = "audit_export"
+
+    sink: Mapped[str] = mapped_column(String(64), primary_key=True)
+    last_seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -21,7 +21,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from drimbox.index.models import Instance, KosGrant, Patient, Series, Study
+from drimbox.index.models import Instance, KosGrant, Patient, Publication, Series, Study
 from drimbox.index.records import (
     InstanceEntry,
     InstanceRecord,
@@ -409,6 +409,15 @@ class IndexRepository:
         """The study a KOS we published opens, or None when we never published it."""
         with self.session() as session:
             return session.scalar(select(KosGrant.study_uid).where(KosGrant.kos_sop_uid == kos_sop_uid))
+
+    def kos_access(self, kos_sop_uid: str) -> tuple[str, str] | None:
+        """The study a KOS we published opens and the INS it was published under, or None."""
+        with self.session() as session:
+            study = session.scalar(select(KosGrant.study_uid).where(KosGrant.kos_sop_uid == kos_sop_uid))
+            if study is None:
+                return None
+            ins = session.scalar(select(Publication.ins).where(Publication.kos_sop_uid == kos_sop_uid))
+            return study, ins or ""
 
     def counts(self) -> IndexCounts:
         with self.session() as session:

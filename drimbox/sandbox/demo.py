@@ -284,7 +284,7 @@ drimbox demo is running.
                 curl -H "Authorization: Bearer $TOKEN" -H "KOS-SOPInstanceUID: {example_kos}" \\
                      {base}/studies/{example_study}/metadata
                 TOKEN={token}
-  audit trail    {data / "audit.jsonl"}
+  audit trail    .venv/bin/drimbox --config {config} audit --since today
 Ctrl-C stops the daemon and the demo PACS.
 """,
         flush=True,

@@ -60,6 +60,10 @@ def render_html(state: dict[str, Any]) -> str:
         f"<tr><th>{esc(str(k))}</th><td>{esc(str(v))}</td></tr>"
         for k, v in sorted(state.get("publications", {}).items())
     )
+    activity = "".join(
+        f"<tr><th>{esc(k.replace('_', ' '))}</th><td>{esc(str(v))}</td></tr>"
+        for k, v in state.get("last_24h", {}).items()
+    )
     last = state.get("last_indexing") or {}
     last_rows = "".join(f"<tr><th>{esc(str(k))}</th><td>{esc(str(v))}</td></tr>" for k, v in last.items())
     return f"""<!doctype html>
@@ -76,6 +80,7 @@ up {esc(str(state.get("uptime_seconds")))} s · DICOM {esc(str(state.get("ae_tit
 <table><tr><th>name</th><th>AE title</th><th>address</th><th>state</th><th>detail</th></tr>{peers}</table>
 <h2>Index</h2><table>{counts}</table>
 <h2>Publications to the DMP</h2><table>{publications or "<tr><td>none yet</td></tr>"}</table>
+<h2>Last 24 hours (from the audit trail)</h2><table>{activity or "<tr><td>none yet</td></tr>"}</table>
 <h2>Last indexing</h2><table>{last_rows or "<tr><td>none yet</td></tr>"}</table>
 <p><a href="/status?format=json">JSON</a></p>
 </body></html>"""

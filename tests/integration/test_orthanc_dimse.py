@@ -144,12 +144,11 @@ def test_fetch_series_yields_files_as_they_land(
 def test_cget_audit_names_the_pacs_as_sender(
     orthanc: Orthanc, make_node: NodeFactory, two_studies: dict[str, list[Path]]
 ) -> None:
-    import json
 
     node = make_node({"main": orthanc_peer(orthanc)})
     study_uid = next(iter(two_studies))
     node.retriever.retrieve(study_uid)
-    records = [json.loads(line) for line in (node.settings.store.folder / "audit.jsonl").read_text().splitlines()]
+    records = [r.as_dict() for r in node.audit.query(limit=1000, newest_first=False)]
     assert {r["actor"] for r in records if r["action"] == "instance.stored"} == {"ORTHANC"}
     [retrieved] = [r for r in records if r["action"] == "study.retrieved"]
     assert retrieved["detail"]["stored"] == 4 and retrieved["outcome"] == "success"

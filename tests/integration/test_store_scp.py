@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
 from collections.abc import Iterator
@@ -123,7 +122,7 @@ def test_each_stored_instance_leaves_an_audit_record(box: Node, tmp_path: Path) 
     [bad] = write_study(StudySpec(series=[(CT, "CT", 1)]), tmp_path / "bad")
     bad.write_bytes(bad.read_bytes()[:-500])
     assert _send_raw(box, bad) == 0xC000
-    records = [json.loads(line) for line in (box.settings.store.folder / "audit.jsonl").read_text().splitlines()]
+    records = [r.as_dict() for r in box.audit.query(limit=1000, newest_first=False)]
     stored = [r for r in records if r["action"] == "instance.stored"]
     assert [(r["actor"], r["outcome"], r["study_uid"]) for r in stored] == [
         ("PUSHER", "success", spec.study_uid),
@@ -149,7 +148,7 @@ def test_unknown_callers_are_refused(make_node: NodeFactory, tmp_path: Path) -> 
     while assoc.is_established and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not assoc.is_established
-    records = [json.loads(line) for line in (node.settings.store.folder / "audit.jsonl").read_text().splitlines()]
+    records = [r.as_dict() for r in node.audit.query(limit=1000, newest_first=False)]
     assert [(r["action"], r["actor"], r["outcome"]) for r in records] == [("association.refused", "PACS", "failure")]
 
 
