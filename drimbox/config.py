@@ -431,6 +431,7 @@ def load_settings(path: Path | None = None) -> Settings:
             data = tomllib.loads(file.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{file}: not valid TOML: {exc}") from None
+        _secrets_in_file(data, file)
     elif path is not None:
         raise ConfigError(f"{file}: no such configuration file (give --config PATH)")
     try:
@@ -440,6 +441,36 @@ def load_settings(path: Path | None = None) -> Settings:
     except ValueError as exc:  # raised by the model validator outside pydantic's wrapper
         raise ConfigError(f"{file}: {exc}") from None
     return _resolve_paths(settings, file.resolve().parent)
+
+
+# Secrets a production file must not hold: they come from the environment (or a secrets manager
+# filling it), so a configuration file can be shared, versioned and backed up without them.
+SECRET_KEYS = (("auth", "client_secret"), ("dmp", "auth_password"), ("dmp", "signature_password"))
+
+
+def _secrets_in_file(data: dict[str, Any], file: Path) -> None:
+    if data.get("mode", "production") != "production":
+        return
+    for section, key in SECRET_KEYS:
+        value = data.get(section, {}).get(key) if isinstance(data.get(section), dict) else None
+        if value:
+            env = f"{ENV_PREFIX}{section.upper()}__{key.upper()}"
+            raise ConfigError(f"{file}: {section}.{key}: a secret must not be written in the configuration file "
+                              f"in production; set {env} in the service's environment instead")  # fmt: skip
+
+
+def private_key_problems(settings: Settings) -> list[str]:
+    """Private keys (PEM or PKCS#12) that users other than the service's own could read."""
+    keys = [settings.http.tls.key, settings.auth.client_key, settings.audit.syslog_key,
+            settings.dmp.auth_pkcs12, settings.dmp.signature_pkcs12]  # fmt: skip
+    problems = []
+    for path in keys:
+        if path is None or not path.exists():
+            continue
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:
+            problems.append(f"{path}: readable by other users (mode {mode:o}); run chmod 600 {path}")
+    return problems
 
 
 def _resolve_paths(settings: Settings, base: Path) -> Settings:

@@ -24,7 +24,7 @@ from drimbox.audit.statistics import last_day_counters
 from drimbox.audit.trail import ChainedAuditTrail
 from drimbox.auth.factory import make_verifier
 from drimbox.bearer import bearer_token
-from drimbox.config import Settings
+from drimbox.config import Settings, private_key_problems
 from drimbox.dicomweb import problems
 from drimbox.dicomweb.audit import AccessAudit
 from drimbox.dicomweb.fetching import RetrievalHub
@@ -38,7 +38,8 @@ from drimbox.dimse.parallel import WorkerPool
 from drimbox.dimse.retrieve import Retriever
 from drimbox.dimse.scp import StoreServer
 from drimbox.dimse.storage import StorageHandler
-from drimbox.errors import DrimboxError, TokenRejected, VerifierUnavailable
+from drimbox.errors import ConfigError, DrimboxError, TokenRejected, VerifierUnavailable
+from drimbox.httpd.hardening import Hardening
 from drimbox.index import db
 from drimbox.index.repository import IndexRepository
 from drimbox.logs import configure_logging
@@ -247,6 +248,8 @@ def build_app(node: Node, verifier: TokenVerifier | None = None) -> FastAPI:
     app.include_router(publications_router(lambda: node.outbox, operator))
     app.include_router(audit_router(node.audit, node.audit, operator))
     app.add_middleware(AccessAudit, audit=node.audit, prefix=settings.dicomweb.prefix)
+    https = settings.http.tls.certificate is not None or settings.http.public_base_url.startswith("https://")
+    app.add_middleware(Hardening, limits=settings.limits, https=https)  # outermost: before anything else runs
     return app
 
 
@@ -282,6 +285,9 @@ class Daemon:
     """`drimbox serve`: the DICOM listener, the HTTP server and the periodic work."""
 
     def __init__(self, settings: Settings, index_at_start: bool = True, gateway: DmpGateway | None = None) -> None:
+        problems = private_key_problems(settings)
+        if problems and settings.mode == "production":
+            raise ConfigError("private keys must be readable by the service user only: " + "; ".join(problems))
         self.settings = settings
         self.index_at_start = index_at_start
         self.node = build_node(settings)
@@ -399,6 +405,7 @@ def http_options(settings: Settings) -> dict[str, Any]:
         "access_log": False,
         "proxy_headers": False,
         "server_header": False,
+        "h11_max_incomplete_event_size": settings.limits.max_header_bytes * 2,
     }
     if tls.certificate is not None:
         options |= {"ssl_certfile": str(tls.certificate), "ssl_keyfile": str(tls.key)}

@@ -93,3 +93,25 @@ def test_peer_lookup_lists_known_peers(tmp_path: Path) -> None:
     settings = load_settings(_write(tmp_path, MINIMAL))
     with pytest.raises(ConfigError, match=r"unknown PACS peer 'other' \(known: main\)"):
         settings.peer("other")
+
+
+def test_production_refuses_secrets_written_in_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    text = EXAMPLE.read_text(encoding="utf-8").replace('[dmp]\n', '[dmp]\nauth_password = "s3cret"\n', 1)
+    with pytest.raises(ConfigError, match="DRIMBOX_DMP__AUTH_PASSWORD"):
+        load_settings(_write(tmp_path, text))
+    monkeypatch.setenv("DRIMBOX_DMP__AUTH_PASSWORD", "s3cret")
+    assert load_settings(EXAMPLE).dmp.auth_password == "s3cret"
+
+
+def test_private_keys_readable_by_others_are_named(tmp_path: Path) -> None:
+    from drimbox.config import private_key_problems
+
+    key = tmp_path / "server.key"
+    key.write_text("-----BEGIN PRIVATE KEY-----\n")
+    key.chmod(0o644)
+    (tmp_path / "server.crt").write_text("")
+    text = MINIMAL + '[http.tls]\ncertificate = "server.crt"\nkey = "server.key"\n'
+    settings = load_settings(_write(tmp_path, text))
+    assert [p.split(":")[0] for p in private_key_problems(settings)] == [str(key)]
+    key.chmod(0o600)
+    assert private_key_problems(settings) == []
