@@ -93,6 +93,11 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--json", action="store_true", help="one JSON object per line")
     audit.set_defaults(run=cmd_audit)
 
+    whitelist = sub.add_parser("whitelist", help="the ANS whitelist of DRIM-M boxes in force")
+    whitelist.add_argument("whitelist_command", choices=["status", "refresh"], metavar="status|refresh")
+    whitelist.add_argument("--json", action="store_true")
+    whitelist.set_defaults(run=cmd_whitelist)
+
     stats = sub.add_parser("stats", help="the ANS statistics export (ModelStat CSV) from the audit trail")
     stats.add_argument("--since", type=_moment, help="first day (default: yesterday)")
     stats.add_argument("--until", type=_moment, help="end, excluded (default: today 00:00)")
@@ -330,6 +335,32 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if not records:
         print("no audit record matches", file=sys.stderr)
     return 0
+
+
+def cmd_whitelist(args: argparse.Namespace) -> int:
+    """Show the list in force, or download and verify it now (exit 1 when refused or unreachable)."""
+    from drimbox.audit.trail import ChainedAuditTrail
+    from drimbox.index import db
+    from drimbox.whitelist.keeper import WhitelistKeeper
+    from drimbox.whitelist.report import format_status
+
+    settings = _settings(args)
+    engine = db.make_engine(settings.database_url)
+    if settings.database.auto_upgrade:
+        db.upgrade(engine)
+    keeper = WhitelistKeeper(settings.whitelist, settings.store.folder / "whitelist", ChainedAuditTrail(engine))
+    keeper.load()
+    failed = False
+    if args.whitelist_command == "refresh":
+        if not settings.whitelist.url:
+            raise DrimboxError("[whitelist] url is not set: nothing to download")
+        result = keeper.refresh()
+        failed = result.outcome in ("refused", "download_failed")
+        if not args.json:
+            print(f"{result.outcome}: {result.reason}" if result.reason else result.outcome)
+    status = keeper.status()
+    print(json.dumps(status, indent=2, default=str) if args.json else format_status(status))
+    return 1 if failed else 0
 
 
 def cmd_stats(args: argparse.Namespace) -> int:

@@ -126,6 +126,9 @@ class AuthSettings(_Section):
     audience: str = ""
     cache_seconds: float = Field(default=60, ge=0, description="longest a verdict is reused; never past expiry")
     timeout_seconds: float = Field(default=5, gt=0)
+    userinfo_url: str = Field(default="", description="asked when introspection names no profession (SubjectRefPro)")
+    breaker_failures: int = Field(default=5, ge=1, description="consecutive provider failures that open the breaker")
+    breaker_cool_down_seconds: float = Field(default=30, ge=0, description="no call to the provider meanwhile")
     kos_mismatch_status: Literal[403, 404] = 404
 
     @model_validator(mode="after")
@@ -388,7 +391,7 @@ class Settings(BaseSettings):
         if self.mode == "production" and not self.http.public_base_url.startswith("https://"):
             raise ValueError('http.public_base_url: must be https in production (mode = "demo" allows http)')
         if self.mode == "production":
-            for key in ("introspection_url", "jwks_url"):
+            for key in ("introspection_url", "jwks_url", "userinfo_url"):
                 url = getattr(self.auth, key)
                 if url and not url.startswith("https://"):
                     raise ValueError(f'auth.{key}: must be https in production (mode = "demo" allows http)')

@@ -53,6 +53,7 @@ from drimbox.status.routes import status_router
 from drimbox.store.cache import StoreCache
 from drimbox.store.files import InstanceStore
 from drimbox.store.intake import InstanceIntake
+from drimbox.whitelist.keeper import WhitelistKeeper
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ class Node:
     peer_health: dict[str, PeerHealth] = field(default_factory=dict)
     last_indexing: dict[str, Any] = field(default_factory=dict)
     _activity_cache: tuple[float, dict[str, int]] | None = None
+    extra_status: dict[str, Callable[[], dict[str, object]]] = field(default_factory=dict)
 
     def close(self) -> None:
         """Stop the DICOM listener and any retrieval worker; release the database."""
@@ -155,6 +157,7 @@ class Node:
             "last_indexing": self.last_indexing,
             "publications": self.outbox.counts(),
             "last_24h": self._activity(),
+            **{name: status() for name, status in self.extra_status.items()},
         }
 
     def _activity(self) -> dict[str, int]:
@@ -237,6 +240,9 @@ def build_app(node: Node, verifier: TokenVerifier | None = None) -> FastAPI:
     app.include_router(status_router(node.snapshot))
     if verifier is None:
         verifier = make_verifier(settings.auth)
+    health = getattr(verifier, "health", None)
+    if callable(health):
+        node.extra_status["token_verifier"] = health
     authorize = kos_guard(verifier, node.index.kos_access, settings.auth.kos_mismatch_status)
     app.include_router(wado_router(node.wado, authorize), prefix=settings.dicomweb.prefix)
     app.include_router(frames_router(node.wado, authorize), prefix=settings.dicomweb.prefix)
@@ -295,6 +301,7 @@ class Daemon:
         self.publishing = build_publishing(
             settings, node.outbox, node.index, node.connector, node.storage, node.audit, gateway
         )
+        self.whitelist = WhitelistKeeper(settings.whitelist, settings.store.folder / "whitelist", node.audit)
         self.app = build_app(self.node)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -307,6 +314,13 @@ class Daemon:
         removed = self.node.store.clean_incoming()
         if removed:
             log.info("removed interrupted transfers", extra={"event": "store.cleaned", "files": removed})
+        self.whitelist.load()
+        if self.settings.whitelist.url:
+            self._spawn("whitelist", lambda: self.whitelist.run(self._stop))
+        self.node.extra_status["whitelist"] = self.whitelist.status
+        self.node.audit.record(
+            AuditEvent("daemon.started", "system", detail={"version": __version__, "mode": self.settings.mode})
+        )
         self.node.scp.start()
         self.publishing.start()
         self._spawn("peer-echo", self._echo_loop)
@@ -336,6 +350,11 @@ class Daemon:
             self.stop()
 
     def stop(self) -> None:
+        if not self._stop.is_set() and self._threads:
+            try:
+                self.node.audit.record(AuditEvent("daemon.stopped", "system"))
+            except Exception:
+                log.exception("audit record failed", extra={"event": "audit.error"})
         self._stop.set()
         self.publishing.stop()
         self.node.close()

@@ -102,6 +102,12 @@ class CachingVerifier:
         self._store(key, principal)
         return principal
 
+    def health(self) -> dict[str, object]:
+        """For the status page: how many verdicts are cached, plus the inner verifier's own health
+        (its circuit breaker: `state` closed/open/half-open, `consecutive_failures`, `last_error`)."""
+        inner: Callable[[], dict[str, object]] | None = getattr(self.inner, "health", None)
+        return (inner() if inner is not None else {}) | {"cached_verdicts": len(self)}
+
     def close(self) -> None:
         """Close the inner verifier's HTTP client, if it has one."""
         close: Callable[[], None] | None = getattr(self.inner, "close", None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from drimbox.auth.breaker import CircuitBreaker
 from drimbox.auth.cache import CachingVerifier, Clock
 from drimbox.auth.introspection import IntrospectionVerifier
 from drimbox.auth.jwks import JwksVerifier
@@ -17,8 +18,10 @@ def make_verifier(settings: AuthSettings, *, clock: Clock = time.time) -> Cachin
     shutdown, which closes the HTTP client underneath.
     """
     inner: IntrospectionVerifier | JwksVerifier
+    breaker = CircuitBreaker(settings.verifier, threshold=settings.breaker_failures,
+                             cool_down=settings.breaker_cool_down_seconds, clock=clock)  # fmt: skip
     if settings.verifier == "jwks":
-        inner = JwksVerifier(settings, clock=clock)
+        inner = JwksVerifier(settings, clock=clock, breaker=breaker)
     else:
-        inner = IntrospectionVerifier(settings, clock=clock)
+        inner = IntrospectionVerifier(settings, clock=clock, userinfo_url=settings.userinfo_url, breaker=breaker)
     return CachingVerifier(inner, settings.cache_seconds, clock)

@@ -3,11 +3,13 @@ check the bearer token a remote professional's viewer sends.
 
 PSC is the only party that knows whether a token was revoked (the professional logged out, the
 card was withdrawn), which signature checks alone cannot tell; hence introspection is the default
-and the verdict cache (`cache.py`) keeps its cost down.
+and the verdict cache (`cache.py`) keeps its cost down, and a circuit breaker (`breaker.py`) keeps
+a PSC outage from costing a timeout per request.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ssl
 import time
 from collections.abc import Mapping
@@ -16,7 +18,9 @@ from urllib.parse import quote_plus
 
 import httpx
 
+from drimbox.auth.breaker import CircuitBreaker, server_error
 from drimbox.auth.cache import LEEWAY_SECONDS, Clock, check_bearer_syntax, number_claim, subject_of
+from drimbox.auth.identity import professional_identity
 from drimbox.config import AuthSettings
 from drimbox.errors import ConfigError, TokenRejected, VerifierUnavailable
 from drimbox.ports import Principal
@@ -29,15 +33,30 @@ class IntrospectionVerifier:
     tls_client_auth, the ORG_AUTH_CLI certificate PSC asks of DRIM-M boxes, with `client_id` in
     the form), else with HTTP Basic when a secret is set (RFC 6749 §2.3.1). The endpoint refusing
     *us* (401/403) is our misconfiguration, not the user's fault, so it is `VerifierUnavailable`.
+
+    When the answer lacks `SubjectRefPro` and `userinfo_url` is set, the userinfo endpoint is asked
+    with the token itself for the professional's profession and structure (`Principal.profession`,
+    `Principal.structure`). Both calls go through one circuit breaker: they reach one provider.
     """
 
-    def __init__(self, settings: AuthSettings, *, client: httpx.Client | None = None, clock: Clock = time.time) -> None:
+    def __init__(
+        self,
+        settings: AuthSettings,
+        *,
+        client: httpx.Client | None = None,
+        clock: Clock = time.time,
+        userinfo_url: str = "",
+        breaker: CircuitBreaker | None = None,
+    ) -> None:
         """`client` replaces the one built from the settings (its TLS setup is then the caller's;
-        Basic client authentication is still added per request); `clock` lets tests move time."""
+        Basic client authentication is still added per request); `clock` lets tests move time;
+        `breaker` replaces the default one (5 consecutive failures open it for 30 s)."""
         if not settings.introspection_url:
             raise ConfigError("auth.introspection_url: required by the introspection verifier")
         self._settings = settings
         self._clock = clock
+        self._userinfo_url = userinfo_url
+        self._breaker = breaker or CircuitBreaker("Pro Santé Connect introspection", clock=clock)
         self._auth = _basic_auth(settings)
         # Without Basic, the client_id goes in the form: mTLS (RFC 8705 §2) or a public client.
         self._form_client_id = "" if self._auth is not None else settings.client_id
@@ -49,7 +68,14 @@ class IntrospectionVerifier:
         if self._form_client_id:
             form["client_id"] = self._form_client_id
         answer = self._ask(form)
-        return principal_from_introspection(answer, self._settings, self._clock())
+        principal = principal_from_introspection(answer, self._settings, self._clock())
+        if "SubjectRefPro" in answer or not self._userinfo_url:
+            return principal
+        return _with_profile(principal, self._userinfo(token, answer))
+
+    def health(self) -> dict[str, object]:
+        """The circuit breaker's state, for the status page."""
+        return {"verifier": "introspection"} | self._breaker.health()
 
     def close(self) -> None:
         self._client.close()
@@ -62,9 +88,11 @@ class IntrospectionVerifier:
 
     def _ask(self, form: dict[str, str]) -> Mapping[str, object]:
         url = self._settings.introspection_url
+        auth = self._auth or httpx.USE_CLIENT_DEFAULT
         try:
-            response = self._client.post(
-                url, data=form, auth=self._auth or httpx.USE_CLIENT_DEFAULT, headers={"Accept": "application/json"}
+            response = self._breaker.call(
+                lambda: self._client.post(url, data=form, auth=auth, headers={"Accept": "application/json"}),
+                server_error,
             )
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise VerifierUnavailable(f"introspection endpoint {url} unreachable: {exc!r}") from exc
@@ -82,6 +110,29 @@ class IntrospectionVerifier:
         if not isinstance(answer, dict):
             raise VerifierUnavailable(f"introspection endpoint {url} answered JSON that is not an object")
         return answer
+
+    def _userinfo(self, token: str, introspected: Mapping[str, object]) -> Mapping[str, object]:
+        """The OIDC userinfo answer for `token` (OpenID Connect Core §5.3), checked to be about
+        the professional the introspection named (§5.3.2: else it must not be used)."""
+        url = self._userinfo_url
+        headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+        try:
+            response = self._breaker.call(lambda: self._client.get(url, headers=headers), server_error)
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            raise VerifierUnavailable(f"userinfo endpoint {url} unreachable: {exc!r}") from exc
+        if response.status_code == 401:  # active a moment ago: revoked since
+            raise TokenRejected("the provider's userinfo endpoint refused the token")
+        if response.status_code != 200:
+            raise VerifierUnavailable(f"userinfo endpoint {url} answered HTTP {response.status_code}")
+        try:
+            profile = response.json()
+        except ValueError as exc:
+            raise VerifierUnavailable(f"userinfo endpoint {url} answered something other than JSON") from exc
+        if not isinstance(profile, dict):
+            raise VerifierUnavailable(f"userinfo endpoint {url} answered JSON that is not an object")
+        if not _same_subject(introspected, profile):
+            raise VerifierUnavailable(f"userinfo endpoint {url} describes someone other than the token's subject")
+        return profile
 
 
 def principal_from_introspection(answer: Mapping[str, object], settings: AuthSettings, now: float) -> Principal:
@@ -108,12 +159,30 @@ def principal_from_introspection(answer: Mapping[str, object], settings: AuthSet
     if settings.audience and aud is not None and not _names_audience(aud, settings.audience):
         raise TokenRejected(f"token is not meant for audience {settings.audience!r}")
     client_id = answer.get("client_id")
+    profession, structure = professional_identity(answer)
     return Principal(
         subject=subject_of(answer),
         client_id=client_id if isinstance(client_id, str) else "",
         expires_at=exp,
         claims=MappingProxyType(dict(answer)),
+        profession=profession,
+        structure=structure,
     )
+
+
+def _with_profile(principal: Principal, profile: Mapping[str, object]) -> Principal:
+    """`principal` completed by a userinfo answer; its `SubjectRefPro` joins the claims for the audit."""
+    profession, structure = professional_identity(profile)
+    claims = dict(principal.claims)
+    if "SubjectRefPro" in profile:
+        claims["SubjectRefPro"] = profile["SubjectRefPro"]
+    return dataclasses.replace(principal, profession=profession, structure=structure, claims=MappingProxyType(claims))
+
+
+def _same_subject(introspected: Mapping[str, object], profile: Mapping[str, object]) -> bool:
+    """Both answers name the same person: every identifier both carry agrees, and there is one."""
+    shared = [name for name in ("sub", "SubjectNameID") if name in introspected and name in profile]
+    return bool(shared) and all(introspected[name] == profile[name] for name in shared)
 
 
 def _names_audience(aud: object, audience: str) -> bool:

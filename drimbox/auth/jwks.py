@@ -19,7 +19,9 @@ from typing import Any
 import httpx
 import jwt
 
+from drimbox.auth.breaker import CircuitBreaker, server_error
 from drimbox.auth.cache import LEEWAY_SECONDS, Clock, check_bearer_syntax, number_claim, subject_of
+from drimbox.auth.identity import professional_identity
 from drimbox.config import AuthSettings
 from drimbox.errors import ConfigError, TokenRejected, VerifierUnavailable
 from drimbox.ports import Principal
@@ -44,7 +46,14 @@ class JwksVerifier:
     once per 30 s so forged `kid`s cannot turn us into a flood of JWKS requests.
     """
 
-    def __init__(self, settings: AuthSettings, *, client: httpx.Client | None = None, clock: Clock = time.time) -> None:
+    def __init__(
+        self,
+        settings: AuthSettings,
+        *,
+        client: httpx.Client | None = None,
+        clock: Clock = time.time,
+        breaker: CircuitBreaker | None = None,
+    ) -> None:
         if not (settings.jwks_url and settings.issuer):
             raise ConfigError("auth.jwks_url and auth.issuer: required by the jwks verifier")
         self._settings = settings
@@ -55,18 +64,26 @@ class JwksVerifier:
         self._keys_at: float | None = None
         self._last_attempt = -math.inf
         self._last_error = "not fetched yet"
+        self._breaker = breaker or CircuitBreaker("Pro Santé Connect JWKS", clock=clock)
 
     def verify(self, token: str) -> Principal:
         """The professional `token` speaks for; TokenRejected or VerifierUnavailable otherwise."""
         alg, kid = _header(check_bearer_syntax(token))
         claims = self._decode(token, self._key_for(kid, alg), alg)
         client_id = claims.get("azp", claims.get("client_id"))
+        profession, structure = professional_identity(claims)  # when the provider puts SubjectRefPro in tokens
         return Principal(
             subject=subject_of(claims),
             client_id=client_id if isinstance(client_id, str) else "",
             expires_at=number_claim(claims, "exp"),
             claims=MappingProxyType(claims),
+            profession=profession,
+            structure=structure,
         )
+
+    def health(self) -> dict[str, object]:
+        """The circuit breaker's state, for the status page."""
+        return {"verifier": "jwks"} | self._breaker.health()
 
     def close(self) -> None:
         self._client.close()
@@ -153,7 +170,9 @@ class JwksVerifier:
     def _download(self) -> list[_Key]:
         url = self._settings.jwks_url
         try:
-            response = self._client.get(url, headers={"Accept": "application/json"})
+            response = self._breaker.call(
+                lambda: self._client.get(url, headers={"Accept": "application/json"}), server_error
+            )
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise VerifierUnavailable(f"JWKS {url} unreachable: {exc!r}") from exc
         if response.status_code != 200:

@@ -6,8 +6,14 @@ introspection, RFC 7009 revocation, JWKS) with PSC's claim shapes (`SubjectNameI
 against it should work against PSC's test platform. There is no login page: `/auth` logs in the
 first configured professional (or `login_hint`) at once.
 
+Clients registered without a secret authenticate by their TLS certificate (RFC 8705 §2.1
+tls_client_auth), as PSC asks of a DRIM-M box (§4.11: CN = client_id, OU = structure id): served
+with `client_ca`, the sandbox checks that the certificate the connection presented (chained to that
+CA) has exactly the subject DN the client registered.
+
 Tests also get shortcuts: `issue_token()` mints an access token without the browser flow,
-`revoke()` withdraws one, `clock` moves time, and `calls` counts requests per path.
+`revoke()` withdraws one, `clock` moves time, `calls` counts requests per path, and
+`failing_status` makes every endpoint answer that HTTP status (an outage).
 """
 
 from __future__ import annotations
@@ -30,11 +36,13 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote_plus, urlencode
 
 import jwt
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
 from drimbox.sandbox.http import Served, serve_in_thread
+from drimbox.sandbox.tls_peer import serve_with_client_certificates
 
 _PKCE_VERIFIER = re.compile(r"[A-Za-z0-9\-._~]{43,128}")
 _PKCE_CHALLENGE = re.compile(r"[A-Za-z0-9\-_]{43}")
@@ -95,11 +103,19 @@ class SandboxPractitioner:
 
 @dataclass(frozen=True)
 class SandboxClient:
-    """A registered client; no secret means it authenticates by its TLS certificate (RFC 8705)."""
+    """A registered client; no secret means it authenticates by its TLS certificate (RFC 8705),
+    whose subject must be `tls_client_auth_subject_dn` (RFC 4514, as RFC 8705 §2.1.2 registers it)."""
 
     client_id: str
     client_secret: str = ""
     redirect_uris: tuple[str, ...] = ()
+    tls_client_auth_subject_dn: str = ""
+
+    @classmethod
+    def with_certificate(cls, client_id: str, certificate: Path) -> SandboxClient:
+        """A tls_client_auth client registered with the subject of the first certificate in a PEM file."""
+        subject = x509.load_pem_x509_certificates(certificate.read_bytes())[0].subject
+        return cls(client_id, tls_client_auth_subject_dn=subject.rfc4514_string())
 
 
 PRACTITIONERS = (
@@ -155,7 +171,10 @@ class PscSandbox:
         clock: Callable[[], float] = time.time,
         token_seconds: int = 600,
         code_seconds: int = 60,
+        introspection_profile: bool = False,
     ) -> None:
+        """`introspection_profile` adds `SubjectRefPro` to introspection answers; without it a
+        verifier must ask the userinfo endpoint for the professional's profession and structure."""
         if not practitioners:
             raise ValueError("PscSandbox needs at least one practitioner")
         self.issuer = issuer  # empty: taken from serve(), or from the URL a request reached
@@ -163,7 +182,9 @@ class PscSandbox:
         self.practitioners = {p.subject_name_id: p for p in practitioners}
         self.clock = clock
         self.token_seconds, self.code_seconds = token_seconds, code_seconds
+        self.introspection_profile = introspection_profile
         self.mutual_tls = False  # set by serve(client_ca=...): certificate-only clients may then call
+        self.failing_status: int | None = None  # set by a test: every request answers this status
         self.calls: Counter[str] = Counter()
         self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self.jwk: dict[str, str] = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(self._key.public_key()))
@@ -183,8 +204,19 @@ class PscSandbox:
         keyfile: Path | None = None,
         client_ca: Path | None = None,
     ) -> Served:
-        """Serve in a thread; the issuer becomes this URL unless one was given."""
-        served = serve_in_thread(self.app, host, port, certfile=certfile, keyfile=keyfile, client_ca=client_ca)
+        """Serve in a thread; the issuer becomes this URL unless one was given.
+
+        With `client_ca`, every connection is asked for a certificate chaining to it, and
+        certificate-only clients can authenticate; other callers (a browser at `/auth`) need none.
+        """
+        if client_ca is None:
+            served = serve_in_thread(self.app, host, port, certfile=certfile, keyfile=keyfile)
+        elif certfile is None or keyfile is None:
+            raise ValueError("client_ca needs certfile and keyfile: mutual TLS is TLS first")
+        else:
+            served = serve_with_client_certificates(
+                self.app, host, port, certfile=certfile, keyfile=keyfile, client_ca=client_ca
+            )
         self.mutual_tls = client_ca is not None
         if not self.issuer:
             self.issuer = f"{'https' if certfile else 'http'}://{host}:{served.port}"
@@ -267,7 +299,8 @@ class PscSandbox:
         if grant is None:
             return {"active": False}
         practitioner = grant.practitioner
-        return {
+        profile = {"SubjectRefPro": practitioner.userinfo()["SubjectRefPro"]} if self.introspection_profile else {}
+        return profile | {
             "active": True,
             "sub": practitioner.sub,
             "SubjectNameID": practitioner.subject_name_id,
@@ -309,9 +342,24 @@ class PscSandbox:
         if client.client_secret:
             if secret is None or not hmac.compare_digest(secret.encode(), client.client_secret.encode()):
                 raise OAuthError(401, "invalid_client", "wrong client secret")
-        elif secret is not None or not (self.mutual_tls and request.url.scheme == "https"):
+        elif secret is not None:
             raise OAuthError(401, "invalid_client", "this client authenticates with its TLS certificate only")
+        else:
+            self._check_certificate(client, request)
         return client
+
+    def _check_certificate(self, client: SandboxClient, request: Request) -> None:
+        """RFC 8705 §2.1: the connection's certificate (its chain checked in the handshake) must
+        carry the subject DN the client registered; anyone else's certificate is no credential."""
+        presented = _client_cert_name(request) if self.mutual_tls else None
+        if presented is None:
+            raise OAuthError(
+                401, "invalid_client", "this client authenticates with its TLS certificate: none presented"
+            )
+        if not _same_dn(presented, client.tls_client_auth_subject_dn):
+            raise OAuthError(
+                401, "invalid_client", "the TLS client certificate is not the one registered for this client"
+            )
 
     # -- internals -----------------------------------------------------------------------------
 
@@ -416,6 +464,9 @@ def _build_app(psc: PscSandbox) -> FastAPI:
     @app.middleware("http")
     async def count(request: Request, call_next: Callable[[Request], Any]) -> Response:
         psc.calls[request.url.path] += 1
+        if psc.failing_status is not None:
+            body = {"error": "temporarily_unavailable", "error_description": "sandbox outage"}
+            return JSONResponse(body, status_code=psc.failing_status)
         response: Response = await call_next(request)
         return response
 
@@ -558,6 +609,27 @@ def _check_pkce(challenge: str | None, verifier: str | None) -> None:
     digest = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode("ascii")).digest()).rstrip(b"=").decode()
     if not hmac.compare_digest(digest, challenge):
         raise OAuthError(400, "invalid_grant", "code_verifier does not match code_challenge")
+
+
+def _client_cert_name(request: Request) -> str | None:
+    """The presented certificate's subject, as the ASGI TLS extension gives it (RFC 4514)."""
+    tls = request.scope.get("extensions", {}).get("tls", {})
+    name = tls.get("client_cert_name") if isinstance(tls, dict) else None
+    return name if isinstance(name, str) and name else None
+
+
+def _same_dn(presented: str, registered: str) -> bool:
+    """RFC 8705 §2.1.2 compares DNs as RFC 4517 distinguishedNameMatch: attribute by attribute,
+    ignoring case and repeated spaces in values (caseIgnoreMatch of CN, OU, O...), not as strings."""
+    try:
+        names = [x509.Name.from_rfc4514_string(dn) for dn in (presented, registered)]
+    except ValueError:
+        return False
+    left, right = (
+        [sorted((a.oid.dotted_string, " ".join(str(a.value).casefold().split())) for a in rdn) for rdn in name.rdns]
+        for name in names
+    )
+    return bool(registered) and left == right
 
 
 def _thumbprint(jwk: dict[str, str]) -> str:

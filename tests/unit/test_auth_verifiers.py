@@ -1,5 +1,6 @@
 """Token verification (DRIM-M A7) against the PSC sandbox over real sockets: introspection, JWKS,
-the verdict cache, and the checks made before any network call."""
+the professional's identity, the verdict cache, the circuit breaker, and the checks made before
+any network call."""
 
 from __future__ import annotations
 
@@ -15,24 +16,38 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import hypothesis
 import jwt
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
+from hypothesis import strategies as st
 
-from drimbox.auth import CachingVerifier, IntrospectionVerifier, JwksVerifier, make_verifier
+from drimbox.auth import (
+    CachingVerifier,
+    CircuitBreaker,
+    IntrospectionVerifier,
+    JwksVerifier,
+    make_verifier,
+    professional_identity,
+)
+from drimbox.auth.breaker import server_error
 from drimbox.config import AuthSettings
 from drimbox.errors import TokenRejected, VerifierUnavailable
 from drimbox.ports import Principal
-from drimbox.sandbox.oidc import PRACTITIONERS, PscSandbox, SandboxClient
+from drimbox.sandbox.oidc import PRACTITIONERS, PscSandbox, SandboxClient, SandboxPractitioner
 from tests.support.clock import START, FakeClock
 
 # A secret with characters RFC 6749 §2.3.1 form-encodes inside Basic credentials.
 BOX = SandboxClient("drimbox-source", "sécret+/: de test")
 VIEWER = SandboxClient("viewer-app", "viewer-secret", ("http://127.0.0.1:9/callback",))
 HELENE, FRANCOIS = (p.subject_name_id for p in PRACTITIONERS)
+# A pharmacist: a profession without savoir-faire, practising in an officine.
+PHARMACIST = SandboxPractitioner(
+    "810000000003", "Zoé", "Martin", profession="21", specialty="", site_name="Pharmacie du Port", structure_id="0B123"
+)
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +57,9 @@ def clock() -> FakeClock:
 
 @pytest.fixture(scope="module")
 def psc(clock: FakeClock) -> Iterator[PscSandbox]:
-    sandbox = PscSandbox(clients=[BOX, VIEWER], clock=clock, token_seconds=300)
+    sandbox = PscSandbox(
+        clients=[BOX, VIEWER], practitioners=[*PRACTITIONERS, PHARMACIST], clock=clock, token_seconds=300
+    )
     served = sandbox.serve()
     yield sandbox
     served.stop()
@@ -52,6 +69,8 @@ def psc(clock: FakeClock) -> Iterator[PscSandbox]:
 def _fresh(clock: FakeClock, psc: PscSandbox) -> None:
     clock.now = START
     psc.calls.clear()
+    psc.introspection_profile = False
+    psc.failing_status = None
 
 
 @pytest.fixture(scope="module")
@@ -308,6 +327,93 @@ def test_jwks_accepts_es256_and_skips_unusable_keys() -> None:
             verifier.verify(jwt.encode(claims, key, "ES256", headers={"kid": "enc"}))
 
 
+# -- the professional's identity (SubjectRefPro) ------------------------------------------------------
+
+
+def test_identity_from_an_introspection_answer_that_carries_the_profile(
+    psc: PscSandbox, introspection: IntrospectionVerifier
+) -> None:
+    psc.introspection_profile = True
+    principal = introspection.verify(psc.issue_token(PHARMACIST.subject_name_id))
+    assert (principal.subject, principal.profession, principal.structure) == ("810000000003", "21", "0B123")
+    assert psc.calls["/userinfo"] == 0
+
+
+def test_identity_from_userinfo_when_the_introspection_lacks_it(psc: PscSandbox, clock: FakeClock) -> None:
+    userinfo = f"{psc.issuer}/userinfo"
+    with IntrospectionVerifier(introspection_settings(psc), clock=clock, userinfo_url=userinfo) as verifier:
+        principal = verifier.verify(psc.issue_token(FRANCOIS))
+        assert (principal.subject, principal.profession, principal.structure) == (FRANCOIS, "10/SM44", "1130012345")
+        assert principal.claims["SubjectRefPro"] == PRACTITIONERS[1].userinfo()["SubjectRefPro"]
+        assert principal.claims["active"] is True  # the introspection answer is kept beside it
+        assert psc.calls["/userinfo"] == 1
+        psc.introspection_profile = True  # the answer has it: no second call
+        assert verifier.verify(psc.issue_token(PHARMACIST.subject_name_id)).profession == "21"
+        assert psc.calls["/userinfo"] == 1
+
+
+def test_identity_is_empty_without_profile_nor_userinfo(psc: PscSandbox, introspection: IntrospectionVerifier) -> None:
+    principal = introspection.verify(psc.issue_token())
+    assert (principal.subject, principal.profession, principal.structure) == (HELENE, "", "")
+    assert psc.calls["/userinfo"] == 0
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "error", "reason"),
+    [
+        (401, {"error": "invalid_token"}, TokenRejected, "refused the token"),
+        (502, {}, VerifierUnavailable, "HTTP 502"),
+        (200, ["not", "an", "object"], VerifierUnavailable, "not an object"),
+        (200, PRACTITIONERS[1].userinfo(), VerifierUnavailable, "someone other"),  # OIDC Core §5.3.2
+        (200, {"given_name": "Hélène"}, VerifierUnavailable, "someone other"),  # names nobody
+    ],
+)
+def test_userinfo_answers_are_judged(status: int, body: object, error: type[Exception], reason: str) -> None:
+    """A provider whose userinfo misbehaves, which the sandbox never does."""
+    helene = PRACTITIONERS[0]
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/introspect":
+            return httpx.Response(200, json={"active": True, "sub": helene.sub, "SubjectNameID": HELENE})
+        assert request.headers["authorization"] == "Bearer the-token"
+        return httpx.Response(status, json=body)
+
+    settings = AuthSettings(introspection_url="http://psc.invalid/introspect")
+    client = httpx.Client(transport=httpx.MockTransport(answer))
+    userinfo = "http://psc.invalid/userinfo"
+    with (
+        IntrospectionVerifier(settings, client=client, clock=FakeClock(), userinfo_url=userinfo) as verifier,
+        pytest.raises(error, match=reason),
+    ):
+        verifier.verify("the-token")
+
+
+@pytest.mark.parametrize(
+    ("profile", "expected"),
+    [
+        (PRACTITIONERS[0].userinfo(), ("10/SM44", "1130012345")),
+        (PHARMACIST.userinfo(), ("21", "0B123")),
+        (
+            {
+                "SubjectRefPro": {
+                    "exercices": [{"codeProfession": "10", "activities": [{"siretSite": "12345678900011"}]}]
+                }
+            },
+            ("10", "12345678900011"),
+        ),
+        ({"SubjectRefPro": {"exercices": [{"codeProfession": " 40 ", "activities": []}]}}, ("40", "")),
+        ({}, ("", "")),
+        ({"SubjectRefPro": "10/SM44"}, ("", "")),
+        ({"SubjectRefPro": {"exercices": []}}, ("", "")),
+        ({"SubjectRefPro": {"exercices": {"codeProfession": "10"}}}, ("", "")),
+        ({"SubjectRefPro": {"exercices": [{"codeSavoirFaire": "SM44", "activities": "1130012345"}]}}, ("", "")),
+        ({"SubjectRefPro": {"exercices": [{"codeProfession": 10, "activities": [None]}]}}, ("", "")),
+    ],
+)
+def test_professional_identity_reads_psc_shapes(profile: dict[str, object], expected: tuple[str, str]) -> None:
+    assert professional_identity(profile) == expected
+
+
 # -- cache -----------------------------------------------------------------------------------------
 
 
@@ -401,6 +507,177 @@ def test_token_already_expired_is_not_cached() -> None:
     assert inner.calls == 2 and len(cache) == 0
 
 
+class ExpiringVerifier:
+    """Accepts any token until `exp` on `clock`, as a provider would, and counts its calls."""
+
+    def __init__(self, clock: FakeClock, exp: float) -> None:
+        self.clock, self.exp, self.calls = clock, exp, 0
+
+    def verify(self, token: str) -> Principal:
+        self.calls += 1
+        if self.clock() >= self.exp:
+            raise TokenRejected("token expired")
+        return Principal(subject=token, expires_at=self.exp)
+
+
+def test_a_cached_token_past_exp_is_refused() -> None:
+    clock = FakeClock()
+    inner = ExpiringVerifier(clock, exp=START + 120)
+    cache = CachingVerifier(inner, 600, clock)
+    cache.verify("token")
+    clock.now += 119.9
+    assert cache.verify("token").subject == "token" and inner.calls == 1
+    clock.now = START + 120
+    assert len(cache) == 1  # still held, but no longer good
+    with pytest.raises(TokenRejected, match="expired"):
+        cache.verify("token")
+    assert inner.calls == 2 and len(cache) == 0
+
+
+@hypothesis.settings(max_examples=60, deadline=None)
+@hypothesis.given(max_entries=st.integers(1, 6), tokens=st.lists(st.sampled_from("abcdefghij"), max_size=40))
+def test_the_cache_never_holds_more_than_max_entries(max_entries: int, tokens: list[str]) -> None:
+    cache = CachingVerifier(CountingVerifier(), 60, FakeClock(), max_entries=max_entries)
+    for token in tokens:
+        assert cache.verify(token).subject == token
+        assert len(cache) <= max_entries
+    assert len(cache) == min(len(set(tokens)), max_entries)
+
+
+# -- circuit breaker -------------------------------------------------------------------------------
+
+
+def refused() -> str:
+    raise httpx.ConnectError("connection refused")
+
+
+def test_breaker_opens_after_consecutive_failures_and_a_trial_closes_it() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker("PSC", threshold=3, cool_down=30, clock=clock)
+    for _ in range(2):
+        with pytest.raises(httpx.ConnectError):
+            breaker.call(refused)
+    assert breaker.call(lambda: "up") == "up"  # a success in between: failures must be consecutive
+    for _ in range(3):
+        with pytest.raises(httpx.ConnectError):
+            breaker.call(refused)
+    assert breaker.health() == {
+        "state": "open",
+        "consecutive_failures": 3,
+        "last_error": "ConnectError('connection refused')",
+        "retry_at": START + 30,
+    }
+    attempts: list[int] = []
+    with pytest.raises(VerifierUnavailable, match=r"after 3 consecutive failures .*next attempt in 30 s"):
+        breaker.call(lambda: attempts.append(1))
+    clock.now += 29
+    with pytest.raises(VerifierUnavailable, match="next attempt in 1 s"):
+        breaker.call(lambda: attempts.append(1))
+    assert not attempts  # refused without calling
+    clock.now += 1
+    with pytest.raises(httpx.ConnectError):  # the half-open trial fails: a full cool-down again
+        breaker.call(refused)
+    assert breaker.health()["state"] == "open" and breaker.health()["retry_at"] == START + 60
+    clock.now += 30
+    assert breaker.call(lambda: "back") == "back"
+    assert breaker.health() == {
+        "state": "closed",
+        "consecutive_failures": 0,
+        "last_error": "ConnectError('connection refused')",
+        "retry_at": None,
+    }
+
+
+def test_breaker_counts_5xx_as_failures_and_other_answers_as_life() -> None:
+    breaker = CircuitBreaker("PSC", threshold=2, cool_down=30, clock=FakeClock())
+    assert breaker.call(lambda: httpx.Response(503), server_error).status_code == 503
+    assert breaker.call(lambda: httpx.Response(401), server_error).status_code == 401
+    assert breaker.health()["consecutive_failures"] == 0
+    for status in (500, 504):
+        breaker.call(lambda status=status: httpx.Response(status), server_error)
+    assert breaker.health()["state"] == "open" and breaker.health()["last_error"] == "HTTP 504"
+
+
+def test_half_open_breaker_lets_one_trial_through() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker("PSC", threshold=1, cool_down=10, clock=clock)
+    with pytest.raises(httpx.ConnectError):
+        breaker.call(refused)
+    clock.now += 10
+    started, release, results = threading.Event(), threading.Event(), []
+
+    def slow_trial() -> str:
+        started.set()
+        release.wait(10)
+        return "up"
+
+    trial = threading.Thread(target=lambda: results.append(breaker.call(slow_trial)))
+    trial.start()
+    try:
+        assert started.wait(10)
+        assert breaker.health()["state"] == "half-open"
+        with pytest.raises(VerifierUnavailable, match="trial call is in progress"):
+            breaker.call(lambda: "another")
+    finally:
+        release.set()
+        trial.join(10)
+    assert results == ["up"] and breaker.health()["state"] == "closed"
+
+
+def test_introspection_breaker_opens_on_an_outage_and_closes_after_the_cool_down(
+    psc: PscSandbox, clock: FakeClock
+) -> None:
+    verifier = make_verifier(introspection_settings(psc), clock=clock)
+    try:
+        token = psc.issue_token()
+        psc.failing_status = 503
+        for _ in range(5):
+            with pytest.raises(VerifierUnavailable, match="HTTP 503"):
+                verifier.verify(token)
+        psc.failing_status = None
+        with pytest.raises(VerifierUnavailable, match="suspended after 5 consecutive failures"):
+            verifier.verify(token)
+        assert psc.calls["/token/introspect"] == 5  # the sixth never left
+        health = verifier.health()
+        assert health["verifier"] == "introspection" and health["state"] == "open"
+        assert (health["consecutive_failures"], health["last_error"], health["cached_verdicts"]) == (5, "HTTP 503", 0)
+        clock.now += 30
+        assert verifier.verify(token).subject == HELENE
+        assert psc.calls["/token/introspect"] == 6
+        assert verifier.health()["state"] == "closed" and verifier.health()["cached_verdicts"] == 1
+    finally:
+        verifier.close()
+
+
+def test_our_refused_credentials_do_not_open_the_breaker(psc: PscSandbox, clock: FakeClock) -> None:
+    """A 401 proves PSC is up; the operator must see 'check auth.client_secret', not 'PSC down'."""
+    with IntrospectionVerifier(introspection_settings(psc, secret="wrong"), clock=clock) as verifier:
+        for _ in range(6):
+            with pytest.raises(VerifierUnavailable, match="refused our client credentials"):
+                verifier.verify(psc.issue_token())
+        assert psc.calls["/token/introspect"] == 6
+        assert verifier.health()["state"] == "closed"
+
+
+def test_jwks_download_goes_through_the_breaker(psc: PscSandbox, clock: FakeClock) -> None:
+    breaker = CircuitBreaker("JWKS", threshold=2, cool_down=120, clock=clock)
+    with JwksVerifier(jwks_settings(psc), clock=clock, breaker=breaker) as verifier:
+        token = psc.issue_token(expires_in=600)
+        psc.failing_status = 502
+        for _ in range(2):
+            with pytest.raises(VerifierUnavailable, match="HTTP 502"):
+                verifier.verify(token)
+            clock.now += 31  # past the JWKS refetch interval
+        psc.failing_status = None
+        with pytest.raises(VerifierUnavailable, match="suspended after 2 consecutive failures"):
+            verifier.verify(token)
+        assert psc.calls["/jwks"] == 2 and verifier.health()["state"] == "open"
+        clock.now = START + 31 + 120
+        assert verifier.verify(token).subject == HELENE
+        assert psc.calls["/jwks"] == 3 and verifier.health() == {"verifier": "jwks"} | breaker.health()
+        assert breaker.health()["state"] == "closed"
+
+
 # -- mutual TLS (RFC 8705) -------------------------------------------------------------------------
 
 
@@ -450,7 +727,9 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def tls_psc(pki: dict[str, Path], clock: FakeClock) -> Iterator[PscSandbox]:
-    sandbox = PscSandbox(clients=[SandboxClient("drimbox-mtls")], clock=clock)
+    sandbox = PscSandbox(
+        clients=[SandboxClient("drimbox-mtls", tls_client_auth_subject_dn="CN=drimbox-mtls")], clock=clock
+    )
     served = sandbox.serve(certfile=pki["127.0.0.1"], keyfile=pki["127.0.0.1.key"], client_ca=pki["ca"])
     yield sandbox
     served.stop()

@@ -1,24 +1,31 @@
-"""The Pro Santé Connect sandbox over real sockets: the authorization code flow end to end, and the
-requests a strict provider refuses."""
+"""The Pro Santé Connect sandbox over real sockets: the authorization code flow end to end, the
+requests a strict provider refuses, and tls_client_auth over real mutual TLS with the sandbox PKI."""
 
 from __future__ import annotations
 
 import base64
+import datetime
 import hashlib
 import socket
+import ssl
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import jwt
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.types import Options
 
 from drimbox.auth import IntrospectionVerifier, JwksVerifier
 from drimbox.config import AuthSettings
 from drimbox.errors import TokenRejected
 from drimbox.sandbox.http import serve_in_thread
-from drimbox.sandbox.oidc import PRACTITIONERS, PscSandbox, SandboxClient
+from drimbox.sandbox.oidc import PRACTITIONERS, PscSandbox, SandboxClient, _same_dn
+from drimbox.sandbox.pki import OrganisationFiles, PkiFiles, create_pki, issue_organisation
 from tests.support.clock import START, FakeClock
 
 REDIRECT = "http://127.0.0.1:9/callback"
@@ -285,3 +292,121 @@ def test_serve_in_thread_stops_and_frees_the_port(psc: PscSandbox) -> None:
     stop()
     with socket.socket() as sock:
         assert sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_introspection_profile_and_outage_switches(psc: PscSandbox, http: httpx.Client) -> None:
+    token = psc.issue_token(FRANCOIS.subject_name_id)
+    assert "SubjectRefPro" not in introspect(http, token)  # the default: the profile is userinfo's
+    psc.introspection_profile = True
+    try:
+        assert introspect(http, token)["SubjectRefPro"] == FRANCOIS.userinfo()["SubjectRefPro"]
+    finally:
+        psc.introspection_profile = False
+    psc.failing_status = 503
+    try:
+        response = http.post("/token/introspect", data={"token": token}, auth=(BOX.client_id, BOX.client_secret))
+        assert response.status_code == 503 and response.json()["error"] == "temporarily_unavailable"
+    finally:
+        psc.failing_status = None
+    assert introspect(http, token)["active"] is True
+
+
+# -- tls_client_auth (RFC 8705 §2.1) over real mutual TLS ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> PkiFiles:
+    return create_pki(tmp_path_factory.mktemp("pki"), "1130012345")
+
+
+@pytest.fixture(scope="module")
+def other_structure(pki: PkiFiles) -> OrganisationFiles:
+    return issue_organisation(pki.folder, "229900000000", "CLINIQUE VOISINE")
+
+
+@pytest.fixture(scope="module")
+def tls_psc(pki: PkiFiles, clock: FakeClock) -> Iterator[PscSandbox]:
+    box = SandboxClient.with_certificate("DRIMbox", pki.organisation.auth_cert)
+    sandbox = PscSandbox(clients=[box, BOX], clock=clock)
+    served = sandbox.serve(certfile=pki.server_cert, keyfile=pki.server_key, client_ca=pki.ca_bundle)
+    yield sandbox
+    served.stop()
+
+
+def tls_client(pki: PkiFiles, organisation: OrganisationFiles | None) -> httpx.Client:
+    context = ssl.create_default_context(cafile=str(pki.ca_bundle))
+    if organisation is not None:
+        context.load_cert_chain(organisation.auth_cert, organisation.auth_key)
+    return httpx.Client(verify=context, timeout=5)
+
+
+def test_registered_subject_is_that_of_the_org_certificate(pki: PkiFiles) -> None:
+    client = SandboxClient.with_certificate("DRIMbox", pki.organisation.auth_cert)
+    assert client.tls_client_auth_subject_dn == "CN=DRIMbox,OU=1130012345,O=CABINET D'IMAGERIE SANDBOX,C=FR"
+    assert not client.client_secret
+
+
+def test_certificate_client_must_present_its_own_certificate(
+    tls_psc: PscSandbox, pki: PkiFiles, other_structure: OrganisationFiles, clock: FakeClock
+) -> None:
+    clock.now = START
+    tls_psc.calls.clear()
+    token = tls_psc.issue_token()
+    url = f"{tls_psc.issuer}/token/introspect"
+    form = {"token": token, "client_id": "DRIMbox"}
+    with tls_client(pki, pki.organisation) as ours:
+        answer = ours.post(url, data=form)
+        assert answer.status_code == 200 and answer.json()["active"] is True
+        # A certificate does not replace a secret, and a secret does not replace the certificate.
+        assert error_of(ours.post(url, data={"token": token}), 401) == "invalid_client"
+        assert error_of(ours.post(url, data=form | {"client_secret": "x"}), 401) == "invalid_client"
+    with tls_client(pki, None) as anonymous:
+        refused = anonymous.post(url, data=form)
+        assert error_of(refused, 401) == "invalid_client" and "none presented" in refused.json()["error_description"]
+        # Clients with a secret, and everything that is not client authentication, need no certificate.
+        assert anonymous.post(url, data={"token": token}, auth=(BOX.client_id, BOX.client_secret)).status_code == 200
+        assert anonymous.get(f"{tls_psc.issuer}/jwks").status_code == 200
+    with tls_client(pki, other_structure) as neighbour:  # same CA, another structure's certificate
+        refused = neighbour.post(url, data=form)
+        assert error_of(refused, 401) == "invalid_client" and "not the one registered" in refused.text
+    assert tls_psc.calls["/token/introspect"] == 6
+
+
+def test_same_subject_from_another_ca_fails_the_handshake(tls_psc: PscSandbox, pki: PkiFiles, tmp_path: Path) -> None:
+    """A self-signed certificate copying our subject DN: the DN alone is no credential."""
+    subject = x509.load_pem_x509_certificates(pki.organisation.auth_cert.read_bytes())[0].subject
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    forged = (
+        x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1)).sign(key, hashes.SHA256())
+    )  # fmt: skip
+    (tmp_path / "forged.pem").write_bytes(forged.public_bytes(serialization.Encoding.PEM))
+    pkcs8 = serialization.PrivateFormat.PKCS8
+    (tmp_path / "forged.key").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, pkcs8, serialization.NoEncryption())
+    )
+    context = ssl.create_default_context(cafile=str(pki.ca_bundle))
+    context.load_cert_chain(tmp_path / "forged.pem", tmp_path / "forged.key")
+    tls_psc.calls.clear()
+    with httpx.Client(verify=context, timeout=5) as client, pytest.raises(httpx.TransportError):
+        client.post(f"{tls_psc.issuer}/token/introspect", data={"token": "x", "client_id": "DRIMbox"})
+    assert not tls_psc.calls
+
+
+@pytest.mark.parametrize(
+    ("registered", "matches"),
+    [
+        ("CN=DRIMbox,OU=1130012345,O=CABINET D'IMAGERIE SANDBOX,C=FR", True),
+        ("CN=drimbox,OU=1130012345,O=Cabinet d'imagerie  sandbox,C=fr", True),  # RFC 4517 caseIgnoreMatch
+        ("CN=DRIMbox,OU=229900000000,O=CABINET D'IMAGERIE SANDBOX,C=FR", False),
+        ("C=FR,O=CABINET D'IMAGERIE SANDBOX,OU=1130012345,CN=DRIMbox", False),  # order is part of a DN
+        ("CN=DRIMbox", False),
+        ("not a DN", False),
+        ("", False),
+    ],
+)
+def test_subject_dn_comparison(registered: str, matches: bool) -> None:
+    presented = "CN=DRIMbox,OU=1130012345,O=CABINET D'IMAGERIE SANDBOX,C=FR"
+    assert _same_dn(presented, registered) is matches

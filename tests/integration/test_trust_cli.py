@@ -1,0 +1,74 @@
+"""The operator's commands for trust: `drimbox whitelist status|refresh`, `drimbox audit [verify]`,
+`drimbox stats`, run as a site's IT team runs them (subprocess, real HTTPS publisher, SQLite)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sqlite3
+from pathlib import Path
+
+from drimbox.sandbox.pki import create_pki
+from drimbox.sandbox.whitelist import ListPublisher, publish_whitelist, sign_whitelist
+from tests.conftest import write_config
+from tests.integration.test_cli_and_status import drimbox
+from tests.support.peers import free_port
+
+DN = "CN=db2.sandbox.example,OU=499700367909002,O=CABINET DEUX,ST=Paris (75),C=FR"
+
+
+def _domain(n: int) -> dict[str, object]:
+    return {"identifier": str(n), "db": f"db{n}.sandbox.example", "vi": f"vi{n}.sandbox.example",
+            "denomination": "SANDBOX", "operator_dn": DN.replace("db2.", f"db{n}."),
+            "support_contact": "support@sandbox.example",
+            "updated_at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC)}  # fmt: skip
+
+
+def test_whitelist_refresh_audit_verify_and_stats(tmp_path: Path) -> None:
+    pki = create_pki(tmp_path / "pki", "499700367909006")
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    good = sign_whitelist([_domain(2), _domain(3)], pki, now - dt.timedelta(hours=1))
+    publisher = ListPublisher(good)
+    url, served = publish_whitelist(publisher, pki)
+    extra = "\n".join([
+        "[whitelist]", f'url = "{url}"', f'trust_anchors = "{pki.root_cert}"', f'ca_bundle = "{pki.ca_bundle}"',
+    ])  # fmt: skip
+    config = write_config(tmp_path, peers={}, dimse_port=free_port(), http_port=free_port(), extra=extra)
+    try:
+        first = drimbox("--config", str(config), "whitelist", "refresh")
+        assert first.returncode == 0, first.stderr
+        assert first.stdout.startswith("accepted")
+        status = json.loads(drimbox("--config", str(config), "whitelist", "status", "--json").stdout)
+        assert status["domains"] == 2 and not status["stale"]
+
+        altered = good.replace(b"db3.sandbox.example", b"db9.sandbox.example", 1)
+        publisher.body = altered
+        second = drimbox("--config", str(config), "whitelist", "refresh")
+        assert second.returncode == 1 and second.stdout.startswith("refused"), second.stdout
+        again = json.loads(drimbox("--config", str(config), "whitelist", "status", "--json").stdout)
+        assert again["digest"] == status["digest"] and again["domains"] == 2
+    finally:
+        served.stop()
+
+    listed = drimbox("--config", str(config), "audit", "--action", "whitelist.", "--json")
+    records = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert [(r["action"], r["outcome"]) for r in records] == [
+        ("whitelist.refresh", "success"),
+        ("whitelist.refresh", "failure"),
+    ]
+    assert "altered" in json.dumps(records[1]["detail"])
+
+    verified = drimbox("--config", str(config), "audit", "verify")
+    assert verified.returncode == 0 and "intact: 2 records" in verified.stdout, verified.stdout + verified.stderr
+    stats = drimbox(
+        "--config", str(config), "stats", "--since", "today", "--until", (now + dt.timedelta(days=1)).date().isoformat()
+    )
+    assert (
+        stats.returncode == 0 and stats.stdout.splitlines()[0] == "Date;Identifiant_DRIMbox;Nombre_Appel;Statut_Appel"
+    )
+
+    with sqlite3.connect(tmp_path / "data" / "drimbox.db") as database:
+        database.execute("UPDATE audit_record SET outcome = 'success' WHERE seq = 2")
+    broken = drimbox("--config", str(config), "audit", "verify")
+    assert broken.returncode == 1
+    assert "broken at record 2" in broken.stderr and "altered" in broken.stderr
