@@ -10,6 +10,7 @@ holds them.
 from __future__ import annotations
 
 import struct
+import zlib
 from datetime import UTC, datetime, timedelta, timezone
 from io import BytesIO
 
@@ -32,7 +33,8 @@ from drimbox.kos.text import series_lines
 MANIFEST_CODE = ("113030", "DCM")
 KEY_OBJECT_DESCRIPTION_CODE = ("113012", "DCM")
 
-#: What pydicom raises on a damaged file or a value it cannot decode.
+#: What pydicom raises on a damaged file or a value it cannot decode (zlib.error: a file that
+#: declares the Deflated transfer syntax but whose body does not inflate).
 DICOM_ERRORS = (
     InvalidDicomError,
     BytesLengthException,
@@ -45,6 +47,7 @@ DICOM_ERRORS = (
     OverflowError,
     NotImplementedError,
     struct.error,
+    zlib.error,
 )
 
 

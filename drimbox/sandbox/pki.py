@@ -26,7 +26,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
 ROOT_NAME = "TEST AC IGC-SANTE RACINE (sandbox)"
 INTERMEDIATE_NAME = "TEST AC IGC-SANTE ELEMENTAIRE ORGANISATIONS (sandbox)"
@@ -35,6 +35,7 @@ WHITELIST_STRUCTURE = "318751275100020"  # the ANS structure id the real whiteli
 DEFAULT_PASSWORD = "sandbox-pki"  # a test PKI: the password is no secret
 _META = "pki.json"
 _REVOKED = "revoked.json"
+OCSP_RESPONDER_NAME = "TEST OCSP IGC-SANTE ELEMENTAIRE ORGANISATIONS (sandbox)"
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,54 @@ def issue_organisation(pki_folder: Path, structure_id: str, name: str, *, _main:
     return _organisation(target, structure_id, name, password)
 
 
+def issue_dated_organisation(
+    pki_folder: Path, label: str, structure_id: str, name: str, not_before: dt.datetime, not_after: dt.datetime,
+    *, ocsp_url: str | None = None,
+) -> OrganisationFiles:  # fmt: skip
+    """Issue a structure's ORG certificates with chosen validity dates (an expired or not yet valid
+    one) into `<pki_folder>/<label>/`; `ocsp_url` adds an Authority Information Access pointing at
+    an OCSP responder, as IGC-Santé certificates carry."""
+    meta = json.loads((pki_folder / _META).read_text(encoding="utf-8"))
+    target = pki_folder / label
+    target.mkdir(parents=True, exist_ok=True)
+    ca = (_load_cert(pki_folder / "intermediate.pem"), _load_key(pki_folder / "intermediate.key"),
+          _load_cert(pki_folder / "root.pem"))  # fmt: skip
+    subject, password = _org_name("DRIMbox", structure_id, name), str(meta["password"])
+    access = [] if ocsp_url is None else [(_ocsp_access(ocsp_url), False)]
+    validity = (not_before, not_after)
+    _issue_pair(target, "auth", subject, [*_auth_extensions(), *access], ca, password, 0, validity)
+    _issue_pair(target, "signature", subject, [*_signature_extensions(), *access], ca, password, 0, validity)
+    return _organisation(target, structure_id, name, password)
+
+
+def issue_ocsp_responder(pki: PkiFiles) -> tuple[Path, Path]:
+    """Issue (or reuse) the delegated OCSP responder of the intermediate (EKU OCSPSigning, id-pkix-ocsp-nocheck,
+    RFC 6960 §4.2.2.2): (certificate PEM, key PEM) under `<pki>/ocsp/`."""
+    target = pki.folder / "ocsp"
+    cert_path, key_path = target / "responder.pem", target / "responder.key"
+    if cert_path.exists() and key_path.exists():
+        return cert_path, key_path
+    target.mkdir(parents=True, exist_ok=True)
+    meta = json.loads((pki.folder / _META).read_text(encoding="utf-8"))
+    issuer, issuer_key = _load_cert(pki.intermediate_cert), _load_key(pki.intermediate_key)
+    key = _new_key()
+    usage = x509.KeyUsage(True, False, False, False, False, False, False, False, False)  # digitalSignature
+    extensions: list[tuple[x509.ExtensionType, bool]] = [
+        (usage, True), (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.OCSP_SIGNING]), False), (x509.OCSPNoCheck(), False),
+    ]  # fmt: skip
+    name = _name((NameOID.COUNTRY_NAME, "FR"), (NameOID.ORGANIZATION_NAME, "ASIP-SANTE"),
+                 (NameOID.COMMON_NAME, OCSP_RESPONDER_NAME))  # fmt: skip
+    cert = _leaf(name, key, issuer, issuer_key, _now(), int(meta["leaf_days"]), extensions)
+    _write_key(key_path, key)
+    _write_certs(cert_path, [cert, issuer])
+    return cert_path, key_path
+
+
+def revoked_serials(pki: PkiFiles) -> dict[str, list[int]]:
+    """The serials revoked so far, by issuing CA ("root", "intermediate"): what the CRLs list."""
+    return _revoked(pki.folder)
+
+
 def load_pki(folder: Path) -> PkiFiles:
     """The PkiFiles of a folder `create_pki` filled."""
     meta = json.loads((folder / _META).read_text(encoding="utf-8"))
@@ -196,11 +245,11 @@ _Ca = tuple[x509.Certificate, rsa.RSAPrivateKey, x509.Certificate]  # issuer, it
 
 def _issue_pair(
     folder: Path, stem: str, subject: x509.Name, extensions: list[tuple[x509.ExtensionType, bool]],
-    ca: _Ca, password: str, days: int,
+    ca: _Ca, password: str, days: int, validity: tuple[dt.datetime, dt.datetime] | None = None,
 ) -> None:  # fmt: skip
     issuer, issuer_key, root = ca
     key = _new_key()
-    cert = _leaf(subject, key, issuer, issuer_key, _now(), days, extensions)
+    cert = _leaf(subject, key, issuer, issuer_key, _now(), days, extensions, validity)
     _write_key(folder / f"{stem}.key", key)
     _write_certs(folder / f"{stem}.pem", [cert, issuer])
     encryption = serialization.BestAvailableEncryption(password.encode("utf-8"))
@@ -226,8 +275,9 @@ def _ca_certificate(
 def _leaf(
     subject: x509.Name, key: rsa.RSAPrivateKey, issuer: x509.Certificate, issuer_key: rsa.RSAPrivateKey,
     now: dt.datetime, days: int, extensions: list[tuple[x509.ExtensionType, bool]],
+    validity: tuple[dt.datetime, dt.datetime] | None = None,
 ) -> x509.Certificate:  # fmt: skip
-    builder = _base(subject, key, issuer.subject, now, days)
+    builder = _base(subject, key, issuer.subject, now, days, validity)
     builder = builder.add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
     aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(_rsa(issuer.public_key()))
     builder = builder.add_extension(aki, critical=False)
@@ -237,16 +287,19 @@ def _leaf(
 
 
 def _base(
-    subject: x509.Name, key: rsa.RSAPrivateKey, issuer: x509.Name, now: dt.datetime, days: int
-) -> x509.CertificateBuilder:
+    subject: x509.Name, key: rsa.RSAPrivateKey, issuer: x509.Name, now: dt.datetime, days: int,
+    validity: tuple[dt.datetime, dt.datetime] | None = None,
+) -> x509.CertificateBuilder:  # fmt: skip
+    # by default, from an hour ago: tolerate a peer's clock a little behind
+    not_before, not_after = validity or (now - dt.timedelta(hours=1), now + dt.timedelta(days=days))
     return (
         x509.CertificateBuilder()
         .subject_name(subject)
         .issuer_name(issuer)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))  # tolerate a peer's clock a little behind
-        .not_valid_after(now + dt.timedelta(days=days))
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
     )
 
@@ -259,6 +312,12 @@ def _auth_extensions() -> list[tuple[x509.ExtensionType, bool]]:
 def _signature_extensions() -> list[tuple[x509.ExtensionType, bool]]:
     usage = x509.KeyUsage(True, True, False, False, False, False, False, False, False)  # digitalSig., nonRepudiation
     return [(usage, True)]
+
+
+def _ocsp_access(url: str) -> x509.AuthorityInformationAccess:
+    return x509.AuthorityInformationAccess(
+        [x509.AccessDescription(AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(url))]
+    )
 
 
 def _server_extensions(hosts: Sequence[str]) -> list[tuple[x509.ExtensionType, bool]]:
