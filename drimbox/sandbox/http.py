@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 import uvicorn
 from starlette.types import ASGIApp
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 
 class Served(NamedTuple):
@@ -24,6 +25,20 @@ class Served(NamedTuple):
 
     port: int
     stop: Callable[[], None]
+
+
+class AbortIdleH11(H11Protocol):
+    """Drop an idle keep-alive connection at once when the server stops.
+
+    uvicorn closes it gracefully, but a TLS close waits for the client's close_notify, which an
+    idle pooled client never sends: the socket would outlive the stopped server and its loop.
+    """
+
+    def shutdown(self) -> None:
+        if self.cycle is None or self.cycle.response_complete:
+            self.transport.abort()
+        else:
+            super().shutdown()
 
 
 def serve_in_thread(
@@ -43,6 +58,7 @@ def serve_in_thread(
     """
     config = uvicorn.Config(
         app,
+        http=AbortIdleH11,
         log_config=None,  # leave the process's logging configuration alone
         log_level="warning",
         access_log=False,
