@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import ssl
 import threading
 import time
@@ -20,6 +21,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 
 from drimbox import __version__
+from drimbox.audit.export import AuditExporter
 from drimbox.audit.statistics import last_day_counters
 from drimbox.audit.trail import ChainedAuditTrail
 from drimbox.auth.factory import make_verifier
@@ -302,6 +304,9 @@ class Daemon:
             settings, node.outbox, node.index, node.connector, node.storage, node.audit, gateway
         )
         self.whitelist = WhitelistKeeper(settings.whitelist, settings.store.folder / "whitelist", node.audit)
+        self.exporter: AuditExporter | None = None
+        if settings.audit.syslog_host:
+            self.exporter = AuditExporter(node.audit, settings.audit, settings.site.structure_id, socket.gethostname())
         self.app = build_app(self.node)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -318,6 +323,10 @@ class Daemon:
         if self.settings.whitelist.url:
             self._spawn("whitelist", lambda: self.whitelist.run(self._stop))
         self.node.extra_status["whitelist"] = self.whitelist.status
+        if self.exporter is not None:
+            exporter = self.exporter
+            self._spawn("audit-export", lambda: exporter.run(self._stop))
+            self.node.extra_status["audit_export"] = exporter.status
         self.node.audit.record(
             AuditEvent("daemon.started", "system", detail={"version": __version__, "mode": self.settings.mode})
         )
@@ -356,6 +365,8 @@ class Daemon:
             except Exception:
                 log.exception("audit record failed", extra={"event": "audit.error"})
         self._stop.set()
+        if self.exporter is not None:
+            self.exporter.notify()
         self.publishing.stop()
         self.node.close()
         for thread in self._threads:

@@ -69,7 +69,10 @@ class AccessAudit:
             return
         event = request.closing_event(round((time.monotonic() - started) * 1000, 1), complete)
         try:
-            await anyio.to_thread.run_sync(self.audit.record, event)
+            # Shielded: Starlette cancels the request's scope once the last byte is sent, which
+            # would otherwise cancel this write before it starts.
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self.audit.record, event)
         except Exception:
             log.exception("audit record failed", extra={"event": "audit.error", "request": request.id})
 
