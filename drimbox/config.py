@@ -399,6 +399,9 @@ class Settings(BaseSettings):
             raise ValueError('dmp.url: must be https in production (mode = "demo" allows http)')
         if self.mode == "production" and self.publication.enabled and not self.dmp.homologation_id:
             raise ValueError("dmp.homologation_id: give the DMP homologation number (VIHF LPS_ID_HOMOLOGATION_DMP)")
+        if self.dicomweb.workers > 1 and self.http.tls.client_ca is not None:
+            raise ValueError("dicomweb.workers: must be 1 with mutual TLS (http.tls.client_ca): the listener that "
+                             "checks and audits each peer runs in the daemon's process")  # fmt: skip
         for name, peer in self.pacs.items():
             if self.dicomweb.workers > 1 and peer.retrieve == "c-move":
                 raise ValueError(f"pacs.{name}.retrieve: must be c-get when dicomweb.workers > 1 "

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -45,6 +44,7 @@ from drimbox.httpd.hardening import Hardening
 from drimbox.index import db
 from drimbox.index.repository import IndexRepository
 from drimbox.logs import configure_logging
+from drimbox.mtls.server import MutualTlsServer
 from drimbox.ports import AuditEvent, AuditTrail, Principal, TokenVerifier
 from drimbox.publish.outbox import Outbox
 from drimbox.publish.submission import DmpGateway
@@ -304,6 +304,7 @@ class Daemon:
             settings, node.outbox, node.index, node.connector, node.storage, node.audit, gateway
         )
         self.whitelist = WhitelistKeeper(settings.whitelist, settings.store.folder / "whitelist", node.audit)
+        self.tls = MutualTlsServer(settings.http.tls, node.audit, self.whitelist.current)
         self.exporter: AuditExporter | None = None
         if settings.audit.syslog_host:
             self.exporter = AuditExporter(node.audit, settings.audit, settings.site.structure_id, socket.gethostname())
@@ -342,10 +343,11 @@ class Daemon:
         if self.settings.dicomweb.workers > 1:
             self._run_workers()
             return
-        self.server = uvicorn.Server(uvicorn.Config(self.app, **http_options(self.settings)))
+        self.server = self.tls.server(self.app, **http_options(self.settings))
         try:
             self.server.run()
         finally:
+            self.tls.close()
             self.stop()
 
     def _run_workers(self) -> None:
@@ -354,7 +356,7 @@ class Daemon:
         os.environ[_WORKER_SETTINGS] = self.settings.model_dump_json()
         try:
             uvicorn.run(f"{__name__}:worker_app", factory=True, workers=self.settings.dicomweb.workers,
-                        **http_options(self.settings))  # fmt: skip
+                        **http_options(self.settings), **_server_tls_options(self.settings))  # fmt: skip
         finally:
             self.stop()
 
@@ -423,11 +425,11 @@ def worker_app() -> FastAPI:
 
 
 def http_options(settings: Settings) -> dict[str, Any]:
-    """uvicorn's options from our settings: address, TLS (mutual when `client_ca` is set).
+    """uvicorn's options from our settings: address, limits. TLS is `MutualTlsServer`'s job (it
+    does the handshake itself so that every refused peer reaches the audit trail).
 
     Forwarded headers are ignored (`proxy_headers=False`): nothing we build depends on them.
     """
-    tls = settings.http.tls
     options: dict[str, Any] = {
         "host": settings.http.bind,
         "port": settings.http.port,
@@ -437,11 +439,15 @@ def http_options(settings: Settings) -> dict[str, Any]:
         "server_header": False,
         "h11_max_incomplete_event_size": settings.limits.max_header_bytes * 2,
     }
-    if tls.certificate is not None:
-        options |= {"ssl_certfile": str(tls.certificate), "ssl_keyfile": str(tls.key)}
-        if tls.client_ca is not None:
-            options |= {"ssl_ca_certs": str(tls.client_ca), "ssl_cert_reqs": ssl.CERT_REQUIRED}
     return options
+
+
+def _server_tls_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's own TLS, for the multi-process mode only (no mutual TLS there: see config)."""
+    tls = settings.http.tls
+    if tls.certificate is None:
+        return {}
+    return {"ssl_certfile": str(tls.certificate), "ssl_keyfile": str(tls.key)}
 
 
 def _now() -> str:
