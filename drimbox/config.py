@@ -130,6 +130,11 @@ class AuthSettings(_Section):
     breaker_failures: int = Field(default=5, ge=1, description="consecutive provider failures that open the breaker")
     breaker_cool_down_seconds: float = Field(default=30, ge=0, description="no call to the provider meanwhile")
     kos_mismatch_status: Literal[403, 404] = 404
+    operators: list[str] = Field(
+        default_factory=list,
+        description="PSC national ids (SubjectNameID) allowed on the operator pages (/publications, /audit); "
+        "empty: nobody in production, any authenticated professional in demo mode",
+    )
 
     @model_validator(mode="after")
     def _complete(self) -> AuthSettings:

@@ -6,6 +6,7 @@ they run exactly the code the daemon runs.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -31,6 +32,7 @@ from drimbox.dicomweb.audit import AccessAudit
 from drimbox.dicomweb.fetching import RetrievalHub
 from drimbox.dicomweb.frames import PixelTranscoder, frames_router
 from drimbox.dicomweb.guard import kos_guard
+from drimbox.dicomweb.problems import Problem
 from drimbox.dicomweb.qido import qido_router
 from drimbox.dicomweb.wado import Wado, wado_router
 from drimbox.dimse.connection import PeerConnector
@@ -252,7 +254,8 @@ def build_app(node: Node, verifier: TokenVerifier | None = None) -> FastAPI:
                        max_limit=settings.dicomweb.max_limit, authorize=authorize,
                        public_prefix=public_prefix(settings))  # fmt: skip
     app.include_router(qido, prefix=settings.dicomweb.prefix)
-    operator = _authenticated(verifier, node.audit)
+    operators = frozenset(settings.auth.operators) if settings.auth.operators or settings.mode == "production" else None
+    operator = _authenticated(verifier, node.audit, operators)
     app.include_router(publications_router(lambda: node.outbox, operator))
     app.include_router(audit_router(node.audit, node.audit, operator))
     app.add_middleware(AccessAudit, audit=node.audit, prefix=settings.dicomweb.prefix)
@@ -261,20 +264,28 @@ def build_app(node: Node, verifier: TokenVerifier | None = None) -> FastAPI:
     return app
 
 
-def _authenticated(verifier: TokenVerifier, audit: AuditTrail) -> Callable[[Request], Principal]:
-    """The dependency of operator routes: a valid bearer token, else 401 (503 when PSC is down).
+def _authenticated(verifier: TokenVerifier, audit: AuditTrail,
+                   operators: frozenset[str] | None) -> Callable[[Request], Principal]:  # fmt: skip
+    """The dependency of operator routes: a valid bearer token (else 401, 503 when PSC is down) of
+    a professional listed in `auth.operators` (else 403; `None`: any, in demo mode only).
 
     Each refusal is an audit record (`auth.refused`); each page an operator opens is one too
     (`admin.viewed`), as those pages show patient identifiers.
     """
 
+    def refuse(request: Request, actor: str, reason: str) -> None:
+        audit.record(AuditEvent("auth.refused", actor, "failure", peer=_client(request),
+                                detail={"path": request.url.path[:512], "reason": reason}))  # fmt: skip
+
     def authenticate(request: Request) -> Principal:
         try:
             principal = verifier.verify(bearer_token(request.headers.get("authorization")))
         except (TokenRejected, VerifierUnavailable) as exc:
-            audit.record(AuditEvent("auth.refused", "unauthenticated", "failure", peer=_client(request),
-                                    detail={"path": request.url.path[:512], "reason": str(exc)}))  # fmt: skip
+            refuse(request, "unauthenticated", str(exc))
             raise
+        if operators is not None and principal.subject not in operators:
+            refuse(request, principal.subject, "not an operator of this box (auth.operators)")
+            raise Problem(403, "this page is for the box's operators: ask to be added to auth.operators")
         audit.record(AuditEvent("admin.viewed", principal.subject, peer=_client(request),
                                 detail={"path": request.url.path[:512]}))  # fmt: skip
         return principal
@@ -320,7 +331,8 @@ class Daemon:
         removed = self.node.store.clean_incoming()
         if removed:
             log.info("removed interrupted transfers", extra={"event": "store.cleaned", "files": removed})
-        self.whitelist.load()
+        if self.settings.whitelist.url or self.settings.whitelist.initial_file:
+            self.whitelist.load()
         if self.settings.whitelist.url:
             self._spawn("whitelist", lambda: self.whitelist.run(self._stop))
         self.node.extra_status["whitelist"] = self.whitelist.status
@@ -328,6 +340,7 @@ class Daemon:
             exporter = self.exporter
             self._spawn("audit-export", lambda: exporter.run(self._stop))
             self.node.extra_status["audit_export"] = exporter.status
+        _audit_configuration(self.settings, self.node.audit)
         self.node.audit.record(
             AuditEvent("daemon.started", "system", detail={"version": __version__, "mode": self.settings.mode})
         )
@@ -448,6 +461,39 @@ def _server_tls_options(settings: Settings) -> dict[str, Any]:
     if tls.certificate is None:
         return {}
     return {"ssl_certfile": str(tls.certificate), "ssl_keyfile": str(tls.key)}
+
+
+_SECRET_NAMES = ("password", "secret")
+
+
+def _audit_configuration(settings: Settings, audit: AuditTrail) -> None:
+    """Record which settings changed since the last start (`config.changed`), never their secret
+    values: the previous start's settings are kept, secrets masked, in the data folder."""
+    current = {key: ("***" if any(name in key for name in _SECRET_NAMES) and value else value)
+               for key, value in _flatten(settings.model_dump(mode="json")).items()}  # fmt: skip
+    kept = settings.store.folder / "last-configuration.json"
+    try:
+        previous = json.loads(kept.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        previous = None
+    if previous == current:
+        return
+    known = previous if isinstance(previous, dict) else {}
+    changed = sorted(key for key in set(current) | set(known) if current.get(key) != known.get(key))
+    audit.record(AuditEvent("config.changed", "system", detail={"first_start": previous is None,
+                                                                "keys": changed[:200]}))  # fmt: skip
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    kept.write_text(json.dumps(current, indent=1, sort_keys=True), encoding="utf-8")
+    kept.chmod(0o600)
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        flat: dict[str, Any] = {}
+        for key, inner in value.items():
+            flat |= _flatten(inner, f"{prefix}{key}.")
+        return flat
+    return {prefix.rstrip("."): value}
 
 
 def _now() -> str:

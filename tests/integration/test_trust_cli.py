@@ -72,3 +72,49 @@ def test_whitelist_refresh_audit_verify_and_stats(tmp_path: Path) -> None:
     broken = drimbox("--config", str(config), "audit", "verify")
     assert broken.returncode == 1
     assert "broken at record 2" in broken.stderr and "altered" in broken.stderr
+
+
+def test_operator_pages_and_configuration_changes_are_audited(tmp_path: Path) -> None:
+    from drimbox.config import load_settings
+    from drimbox.daemon import Daemon, build_app
+    from tests.integration.test_dicomweb_orthanc import TOKEN, OneTokenVerifier
+
+    ports = free_port(), free_port()
+
+    def start(burst: int, operators: list[str]) -> Daemon:
+        extra = f"[limits]\nburst = {burst}"
+        config = write_config(tmp_path, peers={}, dimse_port=ports[0], http_port=ports[1], extra=extra)
+        text = config.read_text().replace("[auth]\n", f"[auth]\noperators = {operators!r}\n".replace("'", '"'), 1)
+        config.write_text(text)
+        daemon = Daemon(load_settings(config), index_at_start=False)
+        daemon.start_background()
+        return daemon
+
+    first = start(600, [])
+    first.stop()
+    second = start(50, ["810000000001"])
+    try:
+        changes = second.node.audit.query(action="config.changed", newest_first=False)
+        assert [r.detail["first_start"] for r in changes] == [True, False]
+        assert changes[1].detail["keys"] == ["auth.operators", "limits.burst"]
+        import httpx
+
+        app = build_app(second.node, OneTokenVerifier())
+        transport = httpx.ASGITransport(app=app)
+        import anyio
+
+        async def pages() -> list[int]:
+            async with httpx.AsyncClient(transport=transport, base_url="http://box") as client:
+                ok = await client.get("/audit?format=json", headers={"Authorization": f"Bearer {TOKEN}"})
+                bad = await client.get("/audit", headers={"Authorization": "Bearer nope"})
+                return [ok.status_code, bad.status_code]
+
+        assert anyio.run(pages) == [200, 401]
+        assert [r.outcome for r in second.node.audit.query(action="admin.", newest_first=False)] == [
+            "success",
+            "success",
+        ]
+        [refused] = second.node.audit.query(action="auth.refused")
+        assert refused.detail["reason"] == "inactive token"
+    finally:
+        second.stop()
