@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,14 @@ class AuditTrail(Protocol):
     """Where every access to patient data is recorded (DRIM-M §6)."""
 
     def record(self, event: AuditEvent) -> None: ...
+
+
+@runtime_checkable
+class TransactionalAuditTrail(AuditTrail, Protocol):
+    """A trail that can write a record inside the caller's database transaction, so the record
+    and the work it describes are committed together."""
+
+    def record_in(self, connection: Any, event: AuditEvent) -> int: ...
 
 
 class StudySource(Protocol):

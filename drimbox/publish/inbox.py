@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
+
+from sqlalchemy import Connection
 
 from drimbox.config import Hl7Settings, PublicationSettings
 from drimbox.errors import ReportRefused
-from drimbox.ports import AuditEvent, AuditTrail
+from drimbox.ports import AuditEvent, AuditTrail, TransactionalAuditTrail
 from drimbox.publish.outbox import Intent, Outbox
 from drimbox.report.cda import read_report
 from drimbox.report.message import (
@@ -64,8 +67,10 @@ class PublicationInbox:
             document=message.document if accepted and message.document else None,
             raw=None if accepted else message.raw,
             intents=intents,
+            also=self._audit_in(message, report, acceptance),
         )
-        self._audit(message, report, acceptance, ids)
+        if not isinstance(self.audit, TransactionalAuditTrail):
+            self.audit.record(_received(message, report, acceptance, ids))
         return Acceptance(acceptance.code, acceptance.text, acceptance.error_code, acceptance.error_location, ids)
 
     def refuse(self, raw: bytes, control_id: str, acceptance: Acceptance) -> None:
@@ -77,25 +82,18 @@ class PublicationInbox:
             extra={"event": "hl7.refused", "control_id": control_id, "ack": acceptance.code, "reason": acceptance.text},
         )
 
-    def _audit(
-        self, message: ReportMessage, report: Report | None, acceptance: Acceptance, ids: tuple[int, ...]
-    ) -> None:
-        self.audit.record(
-            AuditEvent(
-                action="report.received",
-                actor=_sender(message) or "ris",
-                outcome="success" if acceptance.code == "AA" else "failure",
-                patient_id=report.patient.ins.extension if report else "",
-                study_uid=_studies(report, message),
-                detail={
-                    "control_id": message.control_id,
-                    "type": message.message_type,
-                    "ack": acceptance.code,
-                    "text": acceptance.text,
-                    "publications": list(ids),
-                },
-            )
-        )
+    def _audit_in(
+        self, message: ReportMessage, report: Report | None, acceptance: Acceptance
+    ) -> Callable[[Connection, tuple[int, ...]], None] | None:
+        """The audit record written in the message's own transaction, when the trail can."""
+        audit = self.audit
+        if not isinstance(audit, TransactionalAuditTrail):
+            return None
+
+        def write(connection: Connection, ids: tuple[int, ...]) -> None:
+            audit.record_in(connection, _received(message, report, acceptance, ids))
+
+        return write
 
     # --- judging --------------------------------------------------------------------------
 
@@ -184,6 +182,19 @@ def _pid_ins(message: ReportMessage) -> tuple[str, str]:
         if pid.type_code.upper() == "INS" or pid.namespace.upper().startswith("ASIP-SANTE-INS"):
             return pid.value, pid.oid
     return "", ""
+
+
+def _received(message: ReportMessage, report: Report | None, acceptance: Acceptance,
+              ids: tuple[int, ...]) -> AuditEvent:  # fmt: skip
+    return AuditEvent(
+        action="report.received",
+        actor=_sender(message) or "ris",
+        outcome="success" if acceptance.code == "AA" else "failure",
+        patient_id=report.patient.ins.extension if report else "",
+        study_uid=_studies(report, message),
+        detail={"control_id": message.control_id, "type": message.message_type, "ack": acceptance.code,
+                "text": acceptance.text, "publications": list(ids)},
+    )  # fmt: skip
 
 
 def _sender(message: ReportMessage) -> str:

@@ -17,7 +17,7 @@ from enum import StrEnum
 from typing import Any
 
 from pydicom.uid import generate_uid
-from sqlalchemy import Engine, event, func, select
+from sqlalchemy import Connection, Engine, event, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from drimbox.index.db import make_engine
@@ -184,11 +184,13 @@ class Outbox:
         document: bytes | None = None,
         raw: bytes | None = None,
         intents: Iterable[Intent] = (),
+        also: Callable[[Connection, tuple[int, ...]], None] | None = None,
     ) -> tuple[int, tuple[int, ...]]:
         """Store one judged message and the intents it creates, in one transaction.
 
         Returns the message id and the new publication ids. Intents whose `message_id` is None
-        point at this message.
+        point at this message. `also(connection, publication_ids)` runs in the same transaction
+        (the audit record of the message: both are stored, or neither).
         """
         now = self.clock()
         with self._write() as session:
@@ -207,6 +209,8 @@ class Outbox:
             session.add(row)
             session.flush()
             ids = tuple(self._add(session, intent, row.id, now) for intent in intents)
+            if also is not None:
+                also(session.connection(), ids)
             return row.id, ids
 
     def add(self, intents: Iterable[Intent]) -> tuple[int, ...]:
