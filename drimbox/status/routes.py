@@ -24,8 +24,8 @@ def status_router(snapshot: Snapshot) -> APIRouter:
     @router.get("/health", summary="Liveness and component health")
     def health() -> JSONResponse:
         state = snapshot()
-        healthy = all(peer.get("reachable") is not False for peer in state.get("peers", []))
-        body = {"status": "ok" if healthy else "degraded", "version": state.get("version")}
+        problems = alerts(state)
+        body = {"status": "degraded" if problems else "ok", "version": state.get("version"), "alerts": problems}
         return JSONResponse(body)
 
     @router.get("/status", summary="Version, uptime, PACS peers and index counts")
@@ -37,6 +37,24 @@ def status_router(snapshot: Snapshot) -> APIRouter:
         return HTMLResponse(render_html(state))
 
     return router
+
+
+def alerts(state: dict[str, Any]) -> list[str]:
+    """What an operator must look at: unreachable PACS, a stale or missing whitelist, a token
+    provider the breaker stopped calling, audit records the collector has not received."""
+    found = [
+        f"PACS {peer.get('name')} unreachable" for peer in state.get("peers", []) if peer.get("reachable") is False
+    ]
+    whitelist = state.get("whitelist") or {}
+    if whitelist.get("stale") and (whitelist.get("url") or whitelist.get("domains")):
+        found.append(f"whitelist stale ({whitelist.get('age_hours')} h old; last error: {whitelist.get('last_error')})")
+    verifier = state.get("token_verifier") or {}
+    if verifier.get("state") not in (None, "closed"):
+        found.append(f"token provider suspended ({verifier.get('last_error')})")
+    export = state.get("audit_export") or {}
+    if export and not export.get("connected") and export.get("backlog"):
+        found.append(f"audit collector unreachable, {export.get('backlog')} records waiting")
+    return found
 
 
 def render_html(state: dict[str, Any]) -> str:
