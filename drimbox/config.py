@@ -400,6 +400,9 @@ class Settings(BaseSettings):
                 url = getattr(self.auth, key)
                 if url and not url.startswith("https://"):
                     raise ValueError(f'auth.{key}: must be https in production (mode = "demo" allows http)')
+        if self.mode == "production" and self.auth.verifier == "introspection" and self.auth.client_certificate is None:
+            raise ValueError("auth.client_certificate: required in production: Pro Santé Connect authenticates the "
+                             "box by its ORG_AUTH_CLI certificate (RFC 8705), not by a client secret")  # fmt: skip
         if self.mode == "production" and not self.dmp.url.startswith("https://"):
             raise ValueError('dmp.url: must be https in production (mode = "demo" allows http)')
         if self.mode == "production" and self.publication.enabled and not self.dmp.homologation_id:

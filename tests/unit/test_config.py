@@ -115,3 +115,10 @@ def test_private_keys_readable_by_others_are_named(tmp_path: Path) -> None:
     assert [p.split(":")[0] for p in private_key_problems(settings)] == [str(key)]
     key.chmod(0o600)
     assert private_key_problems(settings) == []
+
+
+def test_production_introspection_needs_our_certificate(tmp_path: Path) -> None:
+    text = EXAMPLE.read_text(encoding="utf-8").replace('client_certificate = "', '# client_certificate = "', 1)
+    text = text.replace('client_key = "', '# client_key = "', 1)
+    with pytest.raises(ConfigError, match="ORG_AUTH_CLI"):
+        load_settings(_write(tmp_path, text))
