@@ -205,7 +205,7 @@ def build_node(settings: Settings) -> Node:
     retriever = Retriever(settings, core.connector, core.storage, core.index, core.audit, scp, pool)
     indexer = PacsIndexer(core.connector, core.index, core.store, core.audit)
     cache = StoreCache(core.index, core.store, settings.store.max_bytes)
-    hub = RetrievalHub(retriever, after=cache.evict)
+    hub = RetrievalHub(retriever, after=cache.evict, stall_seconds=settings.dimse.idle_timeout * 2)
     transcoder = PixelTranscoder(core.store.incoming)
     wado = Wado(core.index, hub, core.audit, public_prefix(settings), transcoder, cache, core.store.incoming,
                 settings.dicomweb.transcode == "client-preference")  # fmt: skip

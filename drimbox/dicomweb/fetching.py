@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from drimbox.errors import RetrieveFailed
 from drimbox.ports import StudySource
 
 log = logging.getLogger(__name__)
@@ -41,17 +42,20 @@ class Retrieval:
             self.done, self.error = True, error
             self._changed.notify_all()
 
-    def follow(self, series_uid: str | None = None) -> Iterator[Path]:
+    def follow(self, series_uid: str | None = None, stall_seconds: float | None = None) -> Iterator[Path]:
         """Every file of the retrieval (of `series_uid` only, when given), as they land.
 
         Raises the retrieval's error after the last file, so a response can end in a way the
-        client notices instead of looking complete.
+        client notices instead of looking complete; raises RetrieveFailed when nothing lands for
+        `stall_seconds` (a safety net: the DIMSE idle timeout normally ends a stuck retrieval
+        first), so no request thread waits forever.
         """
         seen = 0
         while True:
             with self._changed:
                 while seen == len(self.paths) and not self.done:
-                    self._changed.wait()
+                    if not self._changed.wait(stall_seconds) and seen == len(self.paths) and not self.done:
+                        raise RetrieveFailed(f"nothing arrived from the PACS for {stall_seconds:.0f} s")
                 batch, seen = self.paths[seen:], len(self.paths)
                 finished, error = self.done and seen == len(self.paths), self.error
             for path in batch:
@@ -66,9 +70,11 @@ class Retrieval:
 class RetrievalHub:
     """Starts retrievals through a StudySource and lets requests share them."""
 
-    def __init__(self, source: StudySource, after: Callable[[], object] | None = None) -> None:
+    def __init__(self, source: StudySource, after: Callable[[], object] | None = None,
+                 stall_seconds: float | None = None) -> None:  # fmt: skip
         self.source = source
         self.after = after  # run after each retrieval (the store cache's eviction)
+        self.stall_seconds = stall_seconds
         self._running: dict[_Key, Retrieval] = {}
         self._lock = threading.Lock()
         self.started = 0  # retrievals started since start: the status page and tests read it
@@ -81,7 +87,7 @@ class RetrievalHub:
                 retrieval = self._running.get((study_uid, series_uid))
             if retrieval is None:
                 retrieval = self._start((study_uid, series_uid))
-        return retrieval.follow(series_uid)
+        return retrieval.follow(series_uid, self.stall_seconds)
 
     def running(self) -> int:
         with self._lock:
