@@ -15,7 +15,15 @@ from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from drimbox.dicomweb.accept import BadAccept, NotAcceptable
-from drimbox.errors import AccessDenied, DimseError, DrimboxError, InvalidUID, TokenRejected, VerifierUnavailable
+from drimbox.errors import (
+    AccessDenied,
+    DimseError,
+    DrimboxError,
+    InvalidInstance,
+    InvalidUID,
+    TokenRejected,
+    VerifierUnavailable,
+)
 from drimbox.store.frames import FrameAccessUnsupported, FrameNotFound, InvalidFrameNumber
 from drimbox.store.pixels import RenderError, TranscodeError
 
@@ -70,8 +78,8 @@ def _status_of(exc: Exception) -> tuple[int, dict[str, str]]:
         return 400, {}
     if isinstance(exc, FrameNotFound):
         return 404, {}
-    if isinstance(exc, FrameAccessUnsupported | RenderError | TranscodeError):
-        return 422, {}
+    if isinstance(exc, FrameAccessUnsupported | RenderError | TranscodeError | InvalidInstance):
+        return 422, {}  # a stored instance whose pixels cannot be served as asked
     return 500, {}
 
 

@@ -8,6 +8,7 @@ before the response starts, so an unknown or unreachable study still gets a prop
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import tempfile
 import zlib
@@ -24,11 +25,12 @@ from drimbox.dicomweb.accept import NotAcceptable, SyntaxChoice, accepts_json, d
 from drimbox.dicomweb.access import AccessScope
 from drimbox.dicomweb.fetching import RetrievalHub
 from drimbox.dicomweb.problems import Problem
-from drimbox.errors import RetrieveFailed
+from drimbox.errors import InvalidInstance, RetrieveFailed
 from drimbox.index.repository import HeldInstance, IndexRepository
 from drimbox.ports import AuditTrail
 from drimbox.store import metadata
 from drimbox.store.cache import StoreCache
+from drimbox.store.pixels import TranscodeError
 from drimbox.uids import checked_uid
 
 log = logging.getLogger(__name__)
@@ -160,17 +162,18 @@ class Wado:
             raise Problem(404 if sop else 502, "the PACS did not deliver the instances asked for; retry later")
         first_syntax = self._syntax(choice, first)  # 406 before anything is sent
         boundary = multipart.new_boundary()
+        first_part = self._primed(boundary, first, first_syntax)  # a 422 if it cannot be transcoded
 
         def body() -> Iterator[bytes]:
             served = [first.sop_uid]
-            yield from self._part(boundary, first, first_syntax)
+            yield from first_part
             for held in parts:
                 try:
-                    syntax = self._syntax(choice, held)
-                except NotAcceptable as exc:
+                    part = self._primed(boundary, held, self._syntax(choice, held))
+                except (NotAcceptable, TranscodeError, InvalidInstance) as exc:
                     log.warning("instance skipped", extra={"event": "wado.skipped", "reason": str(exc)})
                     continue
-                yield from self._part(boundary, held, syntax)
+                yield from part
                 served.append(held.sop_uid)
             yield multipart.closing(boundary)
             self.cache.served(served)
@@ -181,6 +184,13 @@ class Wado:
     def _syntax(self, choice: SyntaxChoice, held: HeldInstance) -> str:
         return choice.for_instance(held.transfer_syntax_uid, lambda _, target: self.transcoder.can(held, target),
                                    transcode=self.prefer_client_syntax)  # fmt: skip
+
+    def _primed(self, boundary: str, held: HeldInstance, syntax: str) -> Iterator[bytes]:
+        """The part, started: a transcoding failure raises here, before its first byte is sent
+        (the transcoded instance is spooled whole before its part header)."""
+        part = self._part(boundary, held, syntax)
+        head = next(part, b"")
+        return itertools.chain((head,), part)
 
     def _part(self, boundary: str, held: HeldInstance, syntax: str) -> Iterator[bytes]:
         with self.cache.pinned(held.sop_uid):

@@ -19,11 +19,11 @@ from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 
 from drimbox.dimse.connection import ReceivedFile, receive_into
 from drimbox.errors import DrimboxError, InstanceMismatch, InvalidInstance, StoreFull
 from drimbox.index.records import InstanceEntry
+from drimbox.kos.parse import DICOM_ERRORS
 from drimbox.kos.rejection import Rejection, read_rejection
 from drimbox.store.intake import InstanceIntake
 
@@ -129,7 +129,7 @@ class StorageHandler:
         """An IOCM rejection note goes to publication and is not stored; any other KOS is an instance."""
         try:
             rejection = read_rejection(dcmread(path, stop_before_pixels=True))
-        except (InvalidDicomError, OSError, ValueError, AttributeError, DrimboxError) as exc:
+        except (*DICOM_ERRORS, OSError, AttributeError, DrimboxError) as exc:
             path.unlink(missing_ok=True)
             return _status(STATUS_CANNOT_UNDERSTAND, f"unreadable KOS: {exc}")
         if rejection is None or self.on_rejection is None:

@@ -275,11 +275,30 @@ def _open_rendered(path: Path, frame_index: FrameIndex | None) -> tuple[Dataset,
     return header, index
 
 
+# GDCM's JPEG codec aborts the whole process (an uncaught C++ exception) on layouts JPEG cannot
+# hold; such a file is refused before any codec sees it.
+_JPEG_FAMILY = frozenset({"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57",
+                          "1.2.840.10008.1.2.4.70"})  # fmt: skip
+
+
+def _check_codec_input(ts: str, header: Dataset, error: type[DrimboxError]) -> None:
+    """Refuse pixel layouts a codec would crash on rather than decode (PS3.5 §8.2.1)."""
+    if ts not in _JPEG_FAMILY:
+        return
+    try:
+        allocated, samples = int(header.get("BitsAllocated") or 8), int(header.get("SamplesPerPixel") or 1)
+    except (TypeError, ValueError) as exc:
+        raise error(f"unusable pixel description: {exc}") from exc
+    if allocated not in (8, 16) or samples not in (1, 3):
+        raise error(f"a JPEG frame cannot hold {samples} samples of {allocated} bits (PS3.5 §8.2.1)")
+
+
 def _decode(
     frame: bytes, header: Dataset, index: FrameIndex, raw: bool, error: type[DrimboxError]
 ) -> tuple[Array, str]:
     """One frame as an array and the photometric interpretation it now has."""
     ts = UID(index.transfer_syntax_uid)
+    _check_codec_input(ts, header, error)
     try:
         source = encapsulate([frame]) if index.encapsulated else frame
         pixels, properties = get_decoder(ts).as_array(source, raw=raw, **_decode_options(header, index))
@@ -300,6 +319,8 @@ def _decoded_frames(
     path: Path, header: Dataset, index: FrameIndex | None, raw: bool
 ) -> Iterator[tuple[Array, dict[str, Any]]]:
     """Frames one at a time with their image pixel properties."""
+    _check_codec_input(str(index.transfer_syntax_uid if index else header.file_meta.TransferSyntaxUID), header,
+                       TranscodeError)  # fmt: skip
     if index is None:  # big endian or deflated: pydicom reads the whole file
         try:
             dataset = dcmread(path)
@@ -533,11 +554,15 @@ def _dataset_window(header: Dataset, frame: int) -> tuple[float, float, str] | N
 
 
 def _first(value: Any, default: float) -> float:
-    if value is None or value == "":
-        return default
-    if isinstance(value, str | bytes) or not hasattr(value, "__len__"):
-        return float(value)
-    return float(value[0]) if len(value) else default
+    """The first number of a (possibly multi-valued) DS/IS attribute; junk is a RenderError."""
+    try:
+        if value is None or value == "":
+            return default
+        if isinstance(value, str | bytes) or not hasattr(value, "__len__"):
+            return float(value)
+        return float(value[0]) if len(value) else default
+    except (ValueError, TypeError) as exc:
+        raise RenderError(f"not a number where one is needed: {str(value)[:32]!r}") from exc
 
 
 def _parse_window(window: Window) -> tuple[float, float, str]:
@@ -575,7 +600,10 @@ def _voi_lut(pixels: Array, header: Dataset) -> Array:
 
 def _colour(pixels: Array, header: Dataset, photometric: str, bits_stored: int) -> Array:
     if photometric == "PALETTE COLOR":
-        rgb: Array = apply_color_lut(pixels, header)
+        try:
+            rgb: Array = apply_color_lut(pixels, header)
+        except (ValueError, AttributeError, KeyError, IndexError, TypeError) as exc:
+            raise RenderError(f"the palette colour lookup tables are missing or unusable: {exc}") from exc
         return (rgb >> 8).astype(np.uint8) if rgb.dtype.itemsize > 1 else rgb.astype(np.uint8)
     if photometric not in ("RGB", "YBR_RCT", "YBR_ICT") or pixels.ndim != 3:  # JPEG 2000 undoes RCT/ICT itself
         raise RenderError(f"photometric interpretation {photometric} is not rendered")
