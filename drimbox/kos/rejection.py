@@ -71,6 +71,8 @@ def read_rejection(dataset: Dataset) -> Rejection | None:
                 raise ManifestUnreadable(
                     f"rejection note {code}: series {uid!r} of study {study_uid} lists no instance"
                 )
+            if not all(is_valid_uid(value) for value in (study_uid, uid, *sops)):
+                raise ManifestUnreadable(f"rejection note {code}: an invalid UID in series {uid[:64]!r}")
             rejected[uid] = rejected.get(uid, ()) + sops
     except ManifestUnreadable:
         raise

@@ -102,3 +102,12 @@ def test_an_invalid_rejection_note_is_not_built(
 ) -> None:
     with pytest.raises(InvalidManifest, match=message):
         rejection_note(study, series, reason)
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
+def test_a_note_naming_an_invalid_uid_is_unreadable() -> None:
+    note = rejection_note("1.2.3", {"1.2.3.4": [("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4.5")]})
+    series = note.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
+    series["SeriesInstanceUID"].value = "1/3.6"  # as a damaged file carries it (no setter validation)
+    with pytest.raises(ManifestUnreadable, match="invalid UID"):
+        read_rejection(note)
