@@ -96,7 +96,7 @@ def test_peer_lookup_lists_known_peers(tmp_path: Path) -> None:
 
 
 def test_production_refuses_secrets_written_in_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    text = EXAMPLE.read_text(encoding="utf-8").replace('[dmp]\n', '[dmp]\nauth_password = "s3cret"\n', 1)
+    text = EXAMPLE.read_text(encoding="utf-8").replace("[dmp]\n", '[dmp]\nauth_password = "s3cret"\n', 1)
     with pytest.raises(ConfigError, match="DRIMBOX_DMP__AUTH_PASSWORD"):
         load_settings(_write(tmp_path, text))
     monkeypatch.setenv("DRIMBOX_DMP__AUTH_PASSWORD", "s3cret")
