@@ -50,15 +50,18 @@ def serve_in_thread(
     keyfile: Path | None = None,
     client_ca: Path | None = None,
     start_timeout: float = 10.0,
+    http: type[H11Protocol] = AbortIdleH11,
+    client_certificate: int = ssl.CERT_REQUIRED,
 ) -> Served:
     """Serve `app` on (`host`, `port`) until `stop()`; returns once the server accepts connections.
 
-    `certfile`/`keyfile` serve HTTPS; `client_ca` then also requires a client certificate
-    chaining to it (mutual TLS, as the national services ask of a DRIM-M box).
+    `certfile`/`keyfile` serve HTTPS; `client_ca` then also asks for a client certificate
+    chaining to it (mutual TLS, as the national services ask of a DRIM-M box): required, or
+    optional with `client_certificate=ssl.CERT_OPTIONAL`. `http` is uvicorn's protocol class.
     """
     config = uvicorn.Config(
         app,
-        http=AbortIdleH11,
+        http=http,
         log_config=None,  # leave the process's logging configuration alone
         log_level="warning",
         access_log=False,
@@ -67,7 +70,7 @@ def serve_in_thread(
         ssl_certfile=str(certfile) if certfile else None,
         ssl_keyfile=str(keyfile) if keyfile else None,
         ssl_ca_certs=str(client_ca) if client_ca else None,
-        ssl_cert_reqs=ssl.CERT_REQUIRED if client_ca else ssl.CERT_NONE,
+        ssl_cert_reqs=client_certificate if client_ca else ssl.CERT_NONE,
     )
     config.load()  # here rather than in the thread, so a bad certificate path raises to the caller
     server = uvicorn.Server(config)

@@ -13,20 +13,15 @@ invalid_client) rather than a broken handshake.
 from __future__ import annotations
 
 import asyncio
-import socket
 import ssl
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
-import uvicorn
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from starlette.types import ASGIApp, Receive, Scope, Send
-from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from drimbox.sandbox.http import Served
+from drimbox.sandbox.http import AbortIdleH11, Served, serve_in_thread
 
 _TLS_VERSIONS = {"TLSv1.2": 0x0303, "TLSv1.3": 0x0304}  # as the ASGI TLS extension numbers them
 
@@ -60,11 +55,12 @@ class _WithTls:
         await self._app(scope, receive, send)
 
 
-class ClientCertificateH11(H11Protocol):
+class ClientCertificateH11(AbortIdleH11):
     """uvicorn's h11 protocol, telling the app which certificate the client presented.
 
     asyncio creates the protocol when the handshake is over, so the peer certificate is known in
-    `connection_made`; the app is wrapped for this connection only.
+    `connection_made`; the app is wrapped for this connection only. An idle connection is
+    dropped at stop (`AbortIdleH11`).
     """
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -72,18 +68,6 @@ class ClientCertificateH11(H11Protocol):
         tls = tls_extension(transport.get_extra_info("ssl_object"))
         if tls is not None:
             self.app = _WithTls(self.app, tls)
-
-    def shutdown(self) -> None:
-        """Drop an idle keep-alive connection at once when the server stops.
-
-        uvicorn closes it gracefully, but a TLS close waits for the client's close_notify, which
-        an idle client (a pooled httpx connection) never sends: the server would wait out its
-        graceful timeout and leave the socket open behind the closed event loop.
-        """
-        if self.cycle is None or self.cycle.response_complete:
-            self.transport.abort()
-        else:
-            super().shutdown()
 
 
 def serve_with_client_certificates(
@@ -98,43 +82,6 @@ def serve_with_client_certificates(
 ) -> Served:
     """Serve `app` over HTTPS in a thread until `stop()`, asking clients for a certificate that
     chains to `client_ca` (a presented certificate that does not is refused in the handshake)."""
-    config = uvicorn.Config(
-        app,
-        http=ClientCertificateH11,
-        log_config=None,
-        log_level="warning",
-        access_log=False,
-        lifespan="off",
-        timeout_graceful_shutdown=2,
-        ssl_certfile=str(certfile),
-        ssl_keyfile=str(keyfile),
-        ssl_ca_certs=str(client_ca),
-        ssl_cert_reqs=ssl.CERT_OPTIONAL,
-    )
-    config.load()  # here, so a bad certificate path raises to the caller
-    server = uvicorn.Server(config)
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError:
-        sock.close()
-        raise
-    bound = int(sock.getsockname()[1])
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=f"sandbox-mtls-{bound}", daemon=True)
-    lock = threading.Lock()
-
-    def stop() -> None:
-        with lock:
-            server.should_exit = True
-            thread.join(timeout=start_timeout)
-            sock.close()
-
-    thread.start()
-    deadline = time.monotonic() + start_timeout
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            stop()
-            raise RuntimeError(f"sandbox HTTPS server on {host}:{port} did not start")
-        time.sleep(0.01)
-    return Served(port=bound, stop=stop)
+    return serve_in_thread(app, host, port, certfile=certfile, keyfile=keyfile, client_ca=client_ca,
+                           start_timeout=start_timeout, http=ClientCertificateH11,
+                           client_certificate=ssl.CERT_OPTIONAL)  # fmt: skip
