@@ -14,7 +14,9 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 
-from drimbox.errors import TokenRejected
+import httpx
+
+from drimbox.errors import TokenRejected, VerifierUnavailable
 from drimbox.ports import Principal, TokenVerifier
 
 MAX_TOKEN_BYTES = 8192
@@ -38,6 +40,20 @@ def check_bearer_syntax(token: str) -> str:
     if not _B64TOKEN.fullmatch(token):
         raise TokenRejected("bearer token has characters outside the RFC 6750 b64token set")
     return token
+
+
+def json_object(response: httpx.Response, what: str) -> dict[str, object]:
+    """The JSON object a provider endpoint answered with HTTP 200; anything else means the
+    provider cannot tell us now (VerifierUnavailable), never that the token is bad."""
+    if response.status_code != 200:
+        raise VerifierUnavailable(f"{what} answered HTTP {response.status_code}")
+    try:
+        answer = response.json()
+    except ValueError as exc:
+        raise VerifierUnavailable(f"{what} answered something other than JSON") from exc
+    if not isinstance(answer, dict):
+        raise VerifierUnavailable(f"{what} answered JSON that is not an object")
+    return answer
 
 
 def subject_of(claims: Mapping[str, object]) -> str:

@@ -19,7 +19,7 @@ from urllib.parse import quote_plus
 import httpx
 
 from drimbox.auth.breaker import CircuitBreaker, server_error
-from drimbox.auth.cache import LEEWAY_SECONDS, Clock, check_bearer_syntax, number_claim, subject_of
+from drimbox.auth.cache import LEEWAY_SECONDS, Clock, check_bearer_syntax, json_object, number_claim, subject_of
 from drimbox.auth.identity import professional_identity
 from drimbox.config import AuthSettings
 from drimbox.errors import ConfigError, TokenRejected, VerifierUnavailable
@@ -101,15 +101,7 @@ class IntrospectionVerifier:
                 f"introspection endpoint {url} refused our client credentials (HTTP {response.status_code}): "
                 "check auth.client_id, auth.client_secret or auth.client_certificate"
             )
-        if response.status_code != 200:
-            raise VerifierUnavailable(f"introspection endpoint {url} answered HTTP {response.status_code}")
-        try:
-            answer = response.json()
-        except ValueError as exc:
-            raise VerifierUnavailable(f"introspection endpoint {url} answered something other than JSON") from exc
-        if not isinstance(answer, dict):
-            raise VerifierUnavailable(f"introspection endpoint {url} answered JSON that is not an object")
-        return answer
+        return json_object(response, f"introspection endpoint {url}")
 
     def _userinfo(self, token: str, introspected: Mapping[str, object]) -> Mapping[str, object]:
         """The OIDC userinfo answer for `token` (OpenID Connect Core §5.3), checked to be about
@@ -122,14 +114,7 @@ class IntrospectionVerifier:
             raise VerifierUnavailable(f"userinfo endpoint {url} unreachable: {exc!r}") from exc
         if response.status_code == 401:  # active a moment ago: revoked since
             raise TokenRejected("the provider's userinfo endpoint refused the token")
-        if response.status_code != 200:
-            raise VerifierUnavailable(f"userinfo endpoint {url} answered HTTP {response.status_code}")
-        try:
-            profile = response.json()
-        except ValueError as exc:
-            raise VerifierUnavailable(f"userinfo endpoint {url} answered something other than JSON") from exc
-        if not isinstance(profile, dict):
-            raise VerifierUnavailable(f"userinfo endpoint {url} answered JSON that is not an object")
+        profile = json_object(response, f"userinfo endpoint {url}")
         if not _same_subject(introspected, profile):
             raise VerifierUnavailable(f"userinfo endpoint {url} describes someone other than the token's subject")
         return profile

@@ -20,7 +20,7 @@ import httpx
 import jwt
 
 from drimbox.auth.breaker import CircuitBreaker, server_error
-from drimbox.auth.cache import LEEWAY_SECONDS, Clock, check_bearer_syntax, number_claim, subject_of
+from drimbox.auth.cache import LEEWAY_SECONDS, Clock, check_bearer_syntax, json_object, number_claim, subject_of
 from drimbox.auth.identity import professional_identity
 from drimbox.config import AuthSettings
 from drimbox.errors import ConfigError, TokenRejected, VerifierUnavailable
@@ -175,13 +175,7 @@ class JwksVerifier:
             )
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise VerifierUnavailable(f"JWKS {url} unreachable: {exc!r}") from exc
-        if response.status_code != 200:
-            raise VerifierUnavailable(f"JWKS {url} answered HTTP {response.status_code}")
-        try:
-            document = response.json()
-        except ValueError as exc:
-            raise VerifierUnavailable(f"JWKS {url} answered something other than JSON") from exc
-        entries = document.get("keys") if isinstance(document, dict) else None
+        entries = json_object(response, f"JWKS {url}").get("keys")
         if not isinstance(entries, list):
             raise VerifierUnavailable(f"JWKS {url} has no 'keys' list")
         keys = [key for key in map(_parse_jwk, entries) if key is not None]
