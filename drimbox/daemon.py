@@ -47,6 +47,7 @@ from drimbox.index import db
 from drimbox.index.repository import IndexRepository
 from drimbox.logs import configure_logging
 from drimbox.mtls.server import MutualTlsServer
+from drimbox.peer import peer_name
 from drimbox.ports import AuditEvent, AuditTrail, Principal, TokenVerifier
 from drimbox.publish.outbox import Outbox
 from drimbox.publish.submission import DmpGateway
@@ -207,7 +208,7 @@ def build_node(settings: Settings) -> Node:
     cache = StoreCache(core.index, core.store, settings.store.max_bytes)
     hub = RetrievalHub(retriever, after=cache.evict, stall_seconds=settings.dimse.idle_timeout * 2)
     transcoder = PixelTranscoder(core.store.incoming)
-    wado = Wado(core.index, hub, core.audit, public_prefix(settings), transcoder, cache, core.store.incoming,
+    wado = Wado(core.index, hub, public_prefix(settings), transcoder, cache, core.store.incoming,
                 settings.dicomweb.transcode == "client-preference")  # fmt: skip
     outbox = Outbox(engine, settings.dmp.uid_root)
     return Node(
@@ -274,7 +275,7 @@ def _authenticated(verifier: TokenVerifier, audit: AuditTrail,
     """
 
     def refuse(request: Request, actor: str, reason: str) -> None:
-        audit.record(AuditEvent("auth.refused", actor, "failure", peer=_client(request),
+        audit.record(AuditEvent("auth.refused", actor, "failure", peer=peer_name(request.scope),
                                 detail={"path": request.url.path[:512], "reason": reason}))  # fmt: skip
 
     def authenticate(request: Request) -> Principal:
@@ -286,18 +287,11 @@ def _authenticated(verifier: TokenVerifier, audit: AuditTrail,
         if operators is not None and principal.subject not in operators:
             refuse(request, principal.subject, "not an operator of this box (auth.operators)")
             raise Problem(403, "this page is for the box's operators: ask to be added to auth.operators")
-        audit.record(AuditEvent("admin.viewed", principal.subject, peer=_client(request),
+        audit.record(AuditEvent("admin.viewed", principal.subject, peer=peer_name(request.scope),
                                 detail={"path": request.url.path[:512]}))  # fmt: skip
         return principal
 
     return authenticate
-
-
-def _client(request: Request) -> str:
-    tls = request.scope.get("extensions", {}).get("tls", {})
-    if isinstance(tls, dict) and tls.get("client_cert_name"):
-        return str(tls["client_cert_name"])
-    return f"{request.client.host}:{request.client.port}" if request.client else ""
 
 
 class Daemon:

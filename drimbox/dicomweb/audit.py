@@ -17,6 +17,7 @@ from typing import Any
 
 import anyio
 
+from drimbox.peer import peer_name
 from drimbox.ports import AuditEvent, AuditTrail
 
 log = logging.getLogger(__name__)
@@ -93,12 +94,7 @@ class _Request:
 
     @property
     def peer(self) -> str:
-        tls = self.scope.get("extensions", {}).get("tls", {})
-        name = tls.get("client_cert_name") if isinstance(tls, dict) else None
-        if name:
-            return str(name)
-        client = self.scope.get("client")
-        return f"{client[0]}:{client[1]}" if client else ""
+        return peer_name(self.scope)
 
     def opening_event(self) -> AuditEvent:
         status = self.status or 0

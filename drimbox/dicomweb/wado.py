@@ -27,7 +27,6 @@ from drimbox.dicomweb.fetching import RetrievalHub
 from drimbox.dicomweb.problems import Problem
 from drimbox.errors import InvalidInstance, RetrieveFailed
 from drimbox.index.repository import HeldInstance, IndexRepository
-from drimbox.ports import AuditTrail
 from drimbox.store import metadata
 from drimbox.store.cache import StoreCache
 from drimbox.store.pixels import TranscodeError
@@ -93,7 +92,6 @@ class Wado:
 
     index: IndexRepository
     hub: RetrievalHub
-    audit: AuditTrail
     public_prefix: str
     transcoder: Transcoder
     cache: StoreCache
