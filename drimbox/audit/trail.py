@@ -185,9 +185,6 @@ class ChainedAuditTrail:
             row = connection.execute(select(_HEAD.c.seq, _HEAD.c.hash).where(_HEAD.c.id == 1)).one()
         return int(row.seq), str(row.hash)
 
-    def count(self) -> int:
-        return self.head()[0]
-
     def verify(self, batch: int = 5000) -> ChainReport:
         """Walk the whole chain: sequence without gaps, each hash recomputed, the head matching."""
         head_seq, head_hash = self.head()
