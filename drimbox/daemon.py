@@ -93,11 +93,15 @@ class Node:
     last_indexing: dict[str, Any] = field(default_factory=dict)
     _activity_cache: tuple[float, dict[str, int]] | None = None
     extra_status: dict[str, Callable[[], dict[str, object]]] = field(default_factory=dict)
+    closers: list[Callable[[], None]] = field(default_factory=list)
 
     def close(self) -> None:
-        """Stop the DICOM listener and any retrieval worker; release the database."""
+        """Stop the DICOM listener and any retrieval worker; close what the HTTP app opened
+        (the token verifier's HTTP client); release the database."""
         self.scp.stop()
         self.retriever.close()
+        for close in self.closers:
+            close()
         self.index.engine.dispose()
 
     def echo(self, peer: str) -> PeerHealth:
@@ -244,7 +248,8 @@ def build_app(node: Node, verifier: TokenVerifier | None = None) -> FastAPI:
     problems.install(app)
     app.include_router(status_router(node.snapshot))
     if verifier is None:
-        verifier = make_verifier(settings.auth)
+        verifier = made = make_verifier(settings.auth)
+        node.closers.append(made.close)
     health = getattr(verifier, "health", None)
     if callable(health):
         node.extra_status["token_verifier"] = health
