@@ -193,7 +193,8 @@ def _pss_kib(pid: int) -> int:
 
 def received(folder: Path) -> tuple[int, int, list[str]]:
     """Count, total size and transfer syntaxes of the DICOM files under `folder`."""
-    files = [p for p in folder.rglob("*") if p.is_file()]
+    sidecars = (".meta.gz", ".frames.json", ".part")  # our metadata and frame index beside each instance
+    files = [p for p in folder.rglob("*") if p.is_file() and not p.name.endswith(sidecars)]
     syntaxes = {str(dcmread(p, stop_before_pixels=True).file_meta.TransferSyntaxUID) for p in files[:3]}
     return len(files), sum(p.stat().st_size for p in files), sorted(syntaxes)
 
@@ -307,6 +308,8 @@ ae_title = "DRIMBOX"
 folder = "{folder / "data"}"
 [index]
 interval_minutes = 0
+[auth]
+introspection_url = "http://127.0.0.1:9/introspect"
 [pacs.bench]
 ae_title = "{orthanc.ae_title}"
 host = "127.0.0.1"

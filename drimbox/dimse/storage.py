@@ -99,6 +99,10 @@ class StorageHandler:
             handled = self._rejection(path, sender)
             if handled is not None:
                 return handled
+        listener = on_admitted
+        if listener is None and request.MoveOriginatorMessageID is not None:
+            with self._lock:
+                listener = self._moves.get(int(request.MoveOriginatorMessageID))
         try:
             entry = self.intake.admit(
                 path,
@@ -106,6 +110,7 @@ class StorageHandler:
                 peer=peer,
                 expected_sop_uid=str(request.AffectedSOPInstanceUID or ""),
                 expected_sop_class_uid=str(request.AffectedSOPClassUID or ""),
+                audited=listener is None,  # our own retrieval's instances: its study.retrieved record
             )
         except InstanceMismatch as exc:
             return _status(STATUS_MISMATCH, str(exc))
@@ -117,10 +122,6 @@ class StorageHandler:
             path.unlink(missing_ok=True)
             log.exception("C-STORE failed", extra={"event": "cstore.error", "peer": sender})
             return _status(STATUS_OUT_OF_RESOURCES, f"{exc.__class__.__name__}")
-        listener = on_admitted
-        if listener is None and request.MoveOriginatorMessageID is not None:
-            with self._lock:
-                listener = self._moves.get(int(request.MoveOriginatorMessageID))
         if listener is not None:
             listener(Admitted.of(entry))
         return STATUS_SUCCESS
