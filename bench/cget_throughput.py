@@ -288,6 +288,9 @@ def getscu_once(orthanc: Orthanc, study: Study, work: Path, name: str, pdu: int 
         shutil.rmtree(target, ignore_errors=True)
 
 
+SPLIT_BY = "series"  # [pacs.bench] split_by, set from --split-by
+
+
 def write_config(folder: Path, orthanc: Orthanc) -> Path:
     """A demo-mode configuration with one C-GET peer, the bench's Orthanc."""
     http = free_port()
@@ -315,6 +318,7 @@ ae_title = "{orthanc.ae_title}"
 host = "127.0.0.1"
 port = {orthanc.dicom_port}
 retrieve = "c-get"
+split_by = "{SPLIT_BY}"
 """
     path = folder / "drimbox.toml"
     path.write_text(text, encoding="utf-8")
@@ -480,6 +484,7 @@ def environment(args: argparse.Namespace, orthanc: Orthanc) -> dict[str, Any]:
         "orthanc_max_pdu": args.orthanc_pdu or f"default ({ORTHANC_DEFAULT_PDU})",
         "getscu_max_pdu": args.getscu_pdu or f"default ({GETSCU_DEFAULT_PDU})",
         "ours_max_pdu": f"{DimseSettings().max_pdu} (drimbox default)",
+        "ours_split_by": SPLIT_BY,
         "size": args.size,
         "scale": args.scale,
         "repeat": args.repeat,
@@ -520,6 +525,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--orthanc-pdu", type=int, metavar="N", help="Orthanc MaximumPduLength (default: Orthanc's)")
     ap.add_argument("--getscu-pdu", type=int, metavar="N", help="getscu --max-pdu (default: getscu's, 16384)")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (Orthanc, logs) for inspection")
+    ap.add_argument(
+        "--split-by", choices=["series", "instances"], default="series", help="our peer's split_by (default: series)"
+    )
     args = ap.parse_args(argv)
     if args.repeat < 1:
         ap.error("--repeat must be at least 1")
@@ -572,7 +580,9 @@ def _print_syntaxes(study: Study, runs: dict[str, list[Run]]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    global SPLIT_BY
     args = parse_args(argv)
+    SPLIT_BY = args.split_by
     if shutil.which("getscu") is None or shutil.which("Orthanc") is None:
         print("needs DCMTK (getscu) and Orthanc: apt-get install dcmtk orthanc orthanc-gdcm", file=sys.stderr)
         return 2

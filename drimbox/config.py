@@ -190,6 +190,10 @@ class PacsPeer(_Section):
     parallel_min_instances: int = Field(
         default=32, ge=2, description="split a C-GET over processes only from this many instances"
     )
+    split_by: Literal["series", "instances"] = Field(
+        default="series",
+        description="how a split C-GET is shared: whole series (SERIES level), or lists of instances (IMAGE level)",
+    )
     max_find_matches: int | None = Field(default=None, ge=1, description="the PACS's own match limit, if it has one")
 
     _aet = field_validator("ae_title")(lambda cls, v: _check_ae_title(v))

@@ -2,8 +2,8 @@
 
 pynetdicom decodes every PDU and DIMSE message in Python: one association tops out near one
 CPU core (~35 MB/s for a CT of 0.5 MB slices, measured), whatever the network. Worker processes
-each run one association on a share of the study's instances (IMAGE-level C-GET with a list of
-SOP Instance UIDs), admit what they receive into the same store and index, and report each
+each run one association on a share of the study: whole series (SERIES-level C-GET), or lists
+of SOP Instance UIDs (IMAGE level) when the peer's `split_by = "instances"`, admit what they receive into the same store and index, and report each
 instance back here, so listeners still see instances as soon as they land.
 
 A worker exits by itself when the process that started it dies, so a killed daemon leaves no
@@ -36,16 +36,21 @@ RetrieverFactory = Callable[[Settings], "Retriever"]
 
 @dataclass(frozen=True)
 class Part:
-    """One worker's share: instances of one series."""
+    """One worker's share: instances of one series, or (no UIDs) the whole series."""
 
     series_uid: str
-    sop_uids: tuple[str, ...]
+    sop_uids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class PartResult:
     failed: int
     errors: tuple[str, ...]
+
+
+def by_series(counts: dict[str, int | None]) -> list[Part]:
+    """One part per series, largest first: the pool hands the next series to the first free worker."""
+    return [Part(series_uid) for series_uid, _ in sorted(counts.items(), key=lambda item: -(item[1] or 0))]
 
 
 def split(instances_by_series: dict[str, list[str]], workers: int) -> list[Part]:
@@ -159,7 +164,7 @@ def _exit_with_parent(parent: int) -> None:
 def _retrieve_part(peer: str, study_uid: str, part: Part) -> PartResult:
     assert _worker is not None, "worker not initialised"
     try:
-        report = _worker.retrieve_part(peer, study_uid, part.series_uid, list(part.sop_uids), _arrivals.put)
+        report = _worker.retrieve_part(peer, study_uid, part.series_uid, list(part.sop_uids) or None, _arrivals.put)
     finally:
         _arrivals.put(None)  # the part's end marker, behind its last instance
     return PartResult(report.failed, tuple(report.errors))

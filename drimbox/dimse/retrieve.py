@@ -25,7 +25,7 @@ from drimbox.config import Settings
 from drimbox.dimse.connection import PeerConnector
 from drimbox.dimse.contexts import COMMON_STORAGE_SOP_CLASSES, GET_MODEL, MOVE_MODEL, cget_storage_contexts
 from drimbox.dimse.find import PacsQuery
-from drimbox.dimse.parallel import WorkerPool, split
+from drimbox.dimse.parallel import WorkerPool, by_series, split
 from drimbox.dimse.scp import StoreServer
 from drimbox.dimse.storage import Admitted, StorageHandler
 from drimbox.errors import RetrieveFailed
@@ -144,9 +144,9 @@ class Retriever:
         return report
 
     def retrieve_part(
-        self, peer: str, study_uid: str, series_uid: str, sop_uids: list[str], on_instance: OnInstance
+        self, peer: str, study_uid: str, series_uid: str, sop_uids: list[str] | None, on_instance: OnInstance
     ) -> RetrieveReport:
-        """C-GET some instances of one series (a worker process's share); no audit record of its own."""
+        """C-GET some instances of one series, or all of it (a worker process's share); no audit record of its own."""
         report = RetrieveReport(study_uid, series_uid, "c-get")
         self._cget(peer, study_uid, series_uid, report, on_instance, sop_uids)
         return report
@@ -154,9 +154,10 @@ class Retriever:
     def _parallel_parts(self, peer: str, study_uid: str, series_uid: str | None) -> list[Any]:
         """The shares of a C-GET worth splitting over processes, or [] to use one association.
 
-        The index says whether the study is big enough. Its instance lists are used when a
-        SERIES-level C-FIND confirms the PACS still has the same counts; otherwise the shares come
-        from a fresh IMAGE-level C-FIND, so instances added since the last indexing are not left out.
+        The index says whether the study is big enough. Shares by series come from a SERIES-level
+        C-FIND (a one-series study is not split). Shares by instances use the index's lists when
+        that C-FIND confirms the PACS still has the same counts; otherwise a fresh IMAGE-level
+        C-FIND, so instances added since the last indexing are not left out.
         """
         config = self.settings.peer(peer)
         if self.pool is None or config.retrieve_processes < 2:
@@ -165,12 +166,14 @@ class Retriever:
         if sum(len(uids) for uids in known.values()) < config.parallel_min_instances:
             return []
         query = PacsQuery(self.connector, peer)
-        counts = {}
+        counts: dict[str, int | None] = {}
         for answer in query.series(study_uid):
             with contextlib.suppress(ValueError):
                 record = SeriesRecord.from_dataset(answer)
                 if series_uid in (None, record.series_uid):
                     counts[record.series_uid] = record.instance_count
+        if config.split_by == "series":
+            return by_series(counts) if len(counts) > 1 else []
         if counts.keys() == known.keys() and all(counts[s] == len(known[s]) for s in known):
             return split(known, config.retrieve_processes)
         current: dict[str, list[tuple[int, str]]] = {}

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import pytest
+from pydicom import dcmread
 
 from drimbox.daemon import Node
+from drimbox.dimse.parallel import Part
 from tests.conftest import NodeFactory, orthanc_peer, register_with_orthanc
 from tests.support.datasets import CT, DBT, MG, StudySpec, elements_equal, pixel_hash, write_study
 from tests.support.peers import Orthanc
@@ -155,21 +158,45 @@ def test_cget_leaves_one_audit_record_per_retrieval(
     assert retrieved["study_uid"] == study_uid and retrieved["actor"] == "main"
 
 
-@pytest.mark.parametrize("processes", [1, 3])
+def _record_shares(node: Node) -> list[Part]:
+    """The parts each split retrieval of `node` hands its worker processes, in order."""
+    shares: list[Part] = []
+    pool = node.retriever.pool
+    if pool is not None:
+        run = pool.run
+
+        def recorded(peer: str, study_uid: str, parts: list[Part], *rest: Any) -> None:
+            shares.extend(parts)
+            run(peer, study_uid, parts, *rest)
+
+        pool.run = recorded  # type: ignore[method-assign]
+    return shares
+
+
+@pytest.mark.parametrize(("processes", "split_by"), [(1, "series"), (3, "series"), (3, "instances")])
 def test_large_study_over_one_or_several_associations(
-    processes: int, orthanc: Orthanc, make_node: NodeFactory, tmp_path: Path
+    processes: int, split_by: str, orthanc: Orthanc, make_node: NodeFactory, tmp_path: Path
 ) -> None:
     spec = StudySpec(series=[(CT, "CT", 30), (CT, "CT", 11)], rows=64, columns=64)
     files = write_study(spec, tmp_path / "ct")
     orthanc.upload(files)
-    node = make_node({"main": orthanc_peer(orthanc, retrieve_processes=processes, parallel_min_instances=16)})
+    peer = orthanc_peer(orthanc, retrieve_processes=processes, parallel_min_instances=16, split_by=split_by)
+    node = make_node({"main": peer})
     node.index_peer("main", DAY, DAY)
     # instances that reach the PACS after the last indexing are retrieved too
     late = StudySpec(study_uid=spec.study_uid, series=[(CT, "CT", 5)], rows=64, columns=64)
     files += write_study(late, tmp_path / "late")
     orthanc.upload(files[-5:])
+    shares = _record_shares(node)
     seen: list[str] = []
     report = node.retriever.retrieve(spec.study_uid, on_instance=lambda a: seen.append(a.sop_uid))
     assert (report.stored, report.failed) == (46, 0)
     assert sorted(seen) == sorted(f.stem for f in files)
     _check_retrieved(node, files, spec.study_uid)
+    if processes == 1:
+        assert shares == []
+    elif split_by == "series":  # whole series, largest first, the late one included
+        assert [len(p.sop_uids) for p in shares] == [0, 0, 0]
+        assert [sum(1 for f in files if dcmread(f).SeriesInstanceUID == p.series_uid) for p in shares] == [30, 11, 5]
+    else:  # each series dealt out to the 3 processes
+        assert sorted(len(p.sop_uids) for p in shares) == [1, 2, 2, 3, 4, 4, 10, 10, 10]
