@@ -552,6 +552,10 @@ verifier = "introspection"
 introspection_url = "{introspection_url}"
 client_id = "{CLIENT_ID}"
 client_secret = "{CLIENT_SECRET}"
+[hl7]
+enabled = false
+[publication]
+enabled = false
 [pacs.{PEER}]
 ae_title = "{orthanc.ae_title}"
 host = "127.0.0.1"
