@@ -42,6 +42,7 @@ from drimbox.dimse.retrieve import Retriever
 from drimbox.dimse.scp import StoreServer
 from drimbox.dimse.storage import StorageHandler
 from drimbox.errors import ConfigError, DrimboxError, TokenRejected, VerifierUnavailable
+from drimbox.httpd import zerocopy
 from drimbox.httpd.hardening import Hardening
 from drimbox.index import db
 from drimbox.index.repository import IndexRepository
@@ -244,6 +245,7 @@ def build_worker_retriever(settings: Settings) -> Retriever:
 def build_app(node: Node, verifier: TokenVerifier | None = None) -> FastAPI:
     """The HTTP application: status pages, and DICOMweb behind bearer token + KOS checks."""
     settings = node.settings
+    zerocopy.install()  # instances leave by sendfile(2) when uvicorn's h11 protocol serves this app
     app = FastAPI(title="drimbox", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
     problems.install(app)
     app.include_router(status_router(node.snapshot))
@@ -367,7 +369,7 @@ class Daemon:
         the DICOM listener and the periodic work stay in this one."""
         os.environ[_WORKER_SETTINGS] = self.settings.model_dump_json()
         try:
-            uvicorn.run(f"{__name__}:worker_app", factory=True, workers=self.settings.dicomweb.workers,
+            uvicorn.run(f"{__name__}:worker_app", factory=True, workers=self.settings.dicomweb.workers, http="h11",
                         **http_options(self.settings), **_server_tls_options(self.settings))  # fmt: skip
         finally:
             self.stop()

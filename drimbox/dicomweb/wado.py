@@ -25,6 +25,7 @@ from drimbox.dicomweb.accept import NotAcceptable, SyntaxChoice, accepts_json, d
 from drimbox.dicomweb.access import AccessScope
 from drimbox.dicomweb.fetching import RetrievalHub
 from drimbox.dicomweb.problems import Problem
+from drimbox.dicomweb.streaming import Piece, PiecesResponse
 from drimbox.errors import InvalidInstance, RetrieveFailed
 from drimbox.index.repository import HeldInstance, IndexRepository
 from drimbox.store import metadata
@@ -151,7 +152,7 @@ class Wado:
     # --- retrieve instances --------------------------------------------------------------
 
     def retrieve(self, request: Request, scope: AccessScope, study: str, series: str | None = None,
-                 sop: str | None = None) -> StreamingResponse:  # fmt: skip
+                 sop: str | None = None) -> PiecesResponse:  # fmt: skip
         choice = dicom_syntaxes(parse_accept(request.headers.get("accept")))
         phase = Phase()
         parts = self.instances(study, series, sop, phase)
@@ -162,7 +163,7 @@ class Wado:
         boundary = multipart.new_boundary()
         first_part = self._primed(boundary, first, first_syntax)  # a 422 if it cannot be transcoded
 
-        def body() -> Iterator[bytes]:
+        def body() -> Iterator[Piece]:
             served = [first.sop_uid]
             yield from first_part
             for held in parts:
@@ -176,28 +177,29 @@ class Wado:
             yield multipart.closing(boundary)
             self.cache.served(served)
 
-        return StreamingResponse(_logged(_batched(body(), phase), study), media_type=None,
-                                 headers={"Content-Type": multipart.content_type(boundary, DICOM)})  # fmt: skip
+        return PiecesResponse(_logged(body(), study), lambda: phase.fetching,
+                              headers={"Content-Type": multipart.content_type(boundary, DICOM)})  # fmt: skip
 
     def _syntax(self, choice: SyntaxChoice, held: HeldInstance) -> str:
         return choice.for_instance(held.transfer_syntax_uid, lambda _, target: self.transcoder.can(held, target),
                                    transcode=self.prefer_client_syntax)  # fmt: skip
 
-    def _primed(self, boundary: str, held: HeldInstance, syntax: str) -> Iterator[bytes]:
+    def _primed(self, boundary: str, held: HeldInstance, syntax: str) -> Iterator[Piece]:
         """The part, started: a transcoding failure raises here, before its first byte is sent
         (the transcoded instance is spooled whole before its part header)."""
         part = self._part(boundary, held, syntax)
-        head = next(part, b"")
+        head: Piece = next(part, b"")
         return itertools.chain((head,), part)
 
-    def _part(self, boundary: str, held: HeldInstance, syntax: str) -> Iterator[bytes]:
+    def _part(self, boundary: str, held: HeldInstance, syntax: str) -> Iterator[Piece]:
         with self.cache.pinned(held.sop_uid):
             yield from self._unpinned_part(boundary, held, syntax)
 
-    def _unpinned_part(self, boundary: str, held: HeldInstance, syntax: str) -> Iterator[bytes]:
+    def _unpinned_part(self, boundary: str, held: HeldInstance, syntax: str) -> Iterator[Piece]:
         location = metadata.instance_base(self.public_prefix, held.study_uid, held.series_uid, held.sop_uid)
         if syntax == held.transfer_syntax_uid:
-            yield from multipart.file_part(boundary, DICOM, Path(held.path), transfer_syntax=syntax, location=location)
+            yield from multipart.file_part_segments(boundary, DICOM, Path(held.path), transfer_syntax=syntax,
+                                                    location=location)  # fmt: skip
             return
         with tempfile.SpooledTemporaryFile(max_size=_SPOOL, dir=_dir(self.work_folder)) as spool:
             self.transcoder.write(Path(held.path), syntax, spool)  # type: ignore[arg-type]
@@ -276,7 +278,7 @@ def _plain_array(sidecars: list[Path]) -> Iterator[bytes]:
     yield b"]"
 
 
-def _logged(body: Iterator[bytes], study: str) -> Iterator[bytes]:
+def _logged(body: Iterator[Piece], study: str) -> Iterator[Piece]:
     """A failure after the response started cannot change its status: log it, and cut the
     connection (by raising) so the client sees an incomplete body rather than a short study."""
     try:

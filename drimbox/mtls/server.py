@@ -72,7 +72,8 @@ class MutualTlsServer:
         if unwanted:
             raise ValueError(f"MutualTlsServer sets TLS and the HTTP protocol itself; drop {', '.join(unwanted)}")
         if self._gatekeeping is None:
-            return uvicorn.Config(app, **options)
+            # h11, not whatever uvicorn finds installed: our zero-copy sending extends its h11 cycle
+            return uvicorn.Config(app, http="h11", **options)
         if self.mutual:
             app = PeerCertificateMiddleware(app)
         return uvicorn.Config(app, http=gate_protocol(self._gatekeeping), **options)

@@ -1,0 +1,92 @@
+"""Zero-copy file sending for uvicorn's HTTP/1.1 server (the ASGI `http.response.zerocopysend` extension).
+
+Serving a study means sending files we hold. Through `http.response.body` every byte is read
+into Python, framed by h11 (a joined copy), then copied into the transport's buffer: on a CT of
+500 slices one process sent ~1.3 GB/s with one client and ~0.8 GB/s in all with eight, with the
+CPU in those copies. With this extension (https://asgi.readthedocs.io/en/latest/extensions.html
+#zero-copy-send) an application hands an open file, an offset and a count; the server frames the
+chunk and asks the kernel to send the file's pages itself (`loop.sendfile`, i.e. sendfile(2);
+asyncio falls back to reading and writing on a TLS transport).
+
+uvicorn does not implement the extension; `install()` gives its h11 request cycle a subclass
+that does, and advertises it in each request's scope. A response that cannot use it (another
+server, a test client, a Content-Length-framed response) is unaffected: applications check the
+scope's extensions and send bytes otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any
+
+from uvicorn.protocols.http import h11_impl
+
+log = logging.getLogger(__name__)
+
+EXTENSION = "http.response.zerocopysend"
+
+
+class ZeroCopyCycle(h11_impl.RequestResponseCycle):
+    """uvicorn's h11 request/response cycle, plus `http.response.zerocopysend`."""
+
+    def __init__(self, scope: Any, *args: Any, **kwargs: Any) -> None:
+        scope.setdefault("extensions", {})[EXTENSION] = {}
+        super().__init__(scope, *args, **kwargs)
+
+    async def send(self, message: Any) -> None:
+        if message["type"] != EXTENSION:
+            await super().send(message)
+            return
+        if not self.response_started or self.response_complete:
+            raise RuntimeError(f"ASGI message {EXTENSION!r} outside a response body")
+        framing = type(self.conn._writer).__name__  # h11 chooses it from the response headers
+        if framing not in ("ChunkedWriter", "Http10Writer") or self.scope["method"] == "HEAD":
+            await self._send_read(message)  # Content-Length framing: h11 must count the bytes
+            return
+        if self.flow.write_paused and not self.disconnected:
+            await self.flow.drain()
+        count = int(message["count"])
+        if self.transport.is_closing():
+            self.disconnected = True  # asyncio's sendfile refuses a closing transport
+        if not self.disconnected and count > 0:
+            chunked = framing == "ChunkedWriter"
+            try:
+                if chunked:
+                    self.transport.write(b"%x\r\n" % count)
+                await asyncio.get_running_loop().sendfile(
+                    self.transport, message["file"], int(message.get("offset", 0)), count
+                )
+                if chunked:
+                    self.transport.write(b"\r\n")
+            except (ConnectionError, OSError) as exc:
+                log.info("client gone during sendfile", extra={"event": "http.sendfile_cut", "reason": str(exc)})
+                self.disconnected = True
+        if not message.get("more_body", False):
+            await super().send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _send_read(self, message: Any) -> None:
+        """The extension's effect through `http.response.body` (read here; 1 MiB at a time)."""
+        handle, left = message["file"], int(message["count"])
+        position = int(message.get("offset", 0))
+        loop = asyncio.get_running_loop()
+        while left > 0:
+            data = await loop.run_in_executor(None, _pread, handle, min(left, 1 << 20), position)
+            if not data:
+                raise OSError("file shorter than announced: it changed while being sent")
+            position += len(data)
+            left -= len(data)
+            await super().send({"type": "http.response.body", "body": data, "more_body": True})
+        if not message.get("more_body", False):
+            await super().send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _pread(handle: Any, count: int, offset: int) -> bytes:
+    return os.pread(handle.fileno(), count, offset)
+
+
+def install() -> None:
+    """Make uvicorn's h11 protocol (ours behind mutual TLS included) offer the extension, once per process."""
+    if h11_impl.RequestResponseCycle is not ZeroCopyCycle:
+        h11_impl.RequestResponseCycle = ZeroCopyCycle  # type: ignore[misc]

@@ -1,0 +1,148 @@
+"""Bodies of bytes and file segments (dicomweb.streaming) through real uvicorn with zero-copy
+sending (httpd.zerocopy), and through an ASGI client that does not offer it."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import anyio
+import httpx
+import pytest
+
+from drimbox.dicomweb.streaming import FileSegment, Piece, PiecesResponse
+from drimbox.httpd import zerocopy
+from drimbox.sandbox.http import serve_in_thread
+
+
+class Body:
+    """Pieces over two files (one over 1 MiB), and what the client must receive."""
+
+    def __init__(self, folder: Path, fail_after: int | None = None) -> None:
+        self.big = folder / "big.bin"
+        self.big.write_bytes(os.urandom(3 << 20))
+        self.small = folder / "small.bin"
+        self.small.write_bytes(os.urandom(4096))
+        self.opened: list[BinaryIO] = []
+        self.fail_after = fail_after
+        self.expected = b"head" + self.big.read_bytes() + b"mid" + self.small.read_bytes()[10:110] + b"tail"
+
+    def _open(self, path: Path) -> BinaryIO:
+        handle = open(path, "rb")  # noqa: SIM115 - the response closes it
+        self.opened.append(handle)
+        return handle
+
+    def pieces(self) -> Iterator[Piece]:
+        yield b"head"
+        yield FileSegment(self._open(self.big), 0, 3 << 20)
+        if self.fail_after == 1:
+            raise OSError("the store went away")
+        yield b"mid"
+        yield FileSegment(self._open(self.small), 10, 100)
+        yield b"tail"
+
+    def all_closed(self) -> bool:
+        return bool(self.opened) and all(handle.closed for handle in self.opened)
+
+
+def app_for(body: Body, seen: list[str]) -> Any:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        async def recorded(message: Any) -> None:
+            seen.append(message["type"])
+            await send(message)
+
+        response = PiecesResponse(body.pieces(), lambda: False, headers={"Content-Type": "application/octet-stream"})
+        await response(scope, receive, recorded)
+
+    return app
+
+
+@pytest.fixture(autouse=True)
+def installed() -> None:
+    zerocopy.install()
+
+
+@contextmanager
+def serving(app: Any) -> Iterator[int]:
+    served = serve_in_thread(app)
+    try:
+        yield served.port
+    finally:
+        served.stop()
+
+
+def test_served_by_uvicorn_the_files_go_out_by_sendfile(tmp_path: Path) -> None:
+    body, seen = Body(tmp_path), []
+    with serving(app_for(body, seen)) as port:
+        answer = httpx.get(f"http://127.0.0.1:{port}/", timeout=10)
+    assert answer.status_code == 200 and answer.headers["transfer-encoding"] == "chunked"
+    assert answer.content == body.expected
+    assert seen.count("http.response.zerocopysend") == 2
+    assert body.all_closed()
+
+
+def test_without_the_extension_the_bytes_are_read_and_sent(tmp_path: Path) -> None:
+    body, seen = Body(tmp_path), []
+    transport = httpx.ASGITransport(app=app_for(body, seen))
+
+    async def fetch() -> httpx.Response:
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.get("/")
+
+    answer = anyio.run(fetch)
+    assert answer.content == body.expected
+    assert "http.response.zerocopysend" not in seen
+    assert body.all_closed()
+
+
+def test_http_1_0_client_gets_a_close_delimited_body(tmp_path: Path) -> None:
+    body, seen = Body(tmp_path), []
+    with serving(app_for(body, seen)) as port, socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+        received = b""
+        while chunk := sock.recv(1 << 20):
+            received += chunk
+    head, _, content = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"chunked" not in head.lower()
+    assert content == body.expected
+    assert seen.count("http.response.zerocopysend") == 2
+
+
+def test_head_request_sends_no_body(tmp_path: Path) -> None:
+    body, seen = Body(tmp_path), []
+    with serving(app_for(body, seen)) as port:
+        answer = httpx.head(f"http://127.0.0.1:{port}/", timeout=10)
+    assert answer.status_code == 200 and answer.content == b""
+    assert body.all_closed()
+
+
+def test_a_failure_after_the_first_file_cuts_the_response_after_it(tmp_path: Path) -> None:
+    body, seen = Body(tmp_path, fail_after=1), []
+    received = b""
+    with (
+        serving(app_for(body, seen)) as port,
+        pytest.raises(httpx.RemoteProtocolError),
+        httpx.stream("GET", f"http://127.0.0.1:{port}/", timeout=10) as answer,
+    ):
+        for chunk in answer.iter_raw():
+            received += chunk
+    assert received == b"head" + body.big.read_bytes()  # all that came before the failure, then the cut
+    assert body.all_closed()
+
+
+def test_a_client_that_goes_away_leaves_no_file_open(tmp_path: Path) -> None:
+    body, seen = Body(tmp_path), []
+    with serving(app_for(body, seen)) as port:
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert sock.recv(100).startswith(b"HTTP/1.1 200")
+        deadline = time.monotonic() + 10
+        while not body.all_closed() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert body.all_closed()
