@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +19,7 @@ import pytest
 from drimbox.dicomweb.streaming import FileSegment, Piece, PiecesResponse
 from drimbox.httpd import zerocopy
 from drimbox.sandbox.http import serve_in_thread
+from drimbox.sandbox.pki import create_pki
 
 
 class Body:
@@ -68,8 +70,8 @@ def installed() -> None:
 
 
 @contextmanager
-def serving(app: Any) -> Iterator[int]:
-    served = serve_in_thread(app)
+def serving(app: Any, **tls: Any) -> Iterator[int]:
+    served = serve_in_thread(app, **tls)
     try:
         yield served.port
     finally:
@@ -81,6 +83,18 @@ def test_served_by_uvicorn_the_files_go_out_by_sendfile(tmp_path: Path) -> None:
     with serving(app_for(body, seen)) as port:
         answer = httpx.get(f"http://127.0.0.1:{port}/", timeout=10)
     assert answer.status_code == 200 and answer.headers["transfer-encoding"] == "chunked"
+    assert answer.content == body.expected
+    assert seen.count("http.response.zerocopysend") == 2
+    assert body.all_closed()
+
+
+def test_over_tls_the_files_are_read_and_written_by_asyncio(tmp_path: Path) -> None:
+    """A TLS transport cannot sendfile(2): asyncio's fallback reads the file; the body is the same."""
+    pki = create_pki(tmp_path / "pki", "499700367909006")
+    body, seen = Body(tmp_path), []
+    with serving(app_for(body, seen), certfile=pki.server_cert, keyfile=pki.server_key) as port:
+        context = ssl.create_default_context(cafile=str(pki.ca_bundle))
+        answer = httpx.get(f"https://localhost:{port}/", timeout=10, verify=context)
     assert answer.content == body.expected
     assert seen.count("http.response.zerocopysend") == 2
     assert body.all_closed()
