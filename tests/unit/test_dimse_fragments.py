@@ -22,7 +22,7 @@ from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
 from drimbox.dimse import fragments
-from drimbox.dimse.connection import configure_pynetdicom
+from drimbox.dimse.connection import ReceivedFile, configure_pynetdicom
 from tests.support.datasets import CT, StudySpec, write_study
 
 
@@ -184,6 +184,7 @@ def test_a_real_association_in_small_pdus_stores_the_exact_bytes(
     received: list[bytes] = []
 
     def handle(event: Any) -> int:
+        ReceivedFile.finish(event.dataset_path)  # when an earlier test made ours the receiving file class
         received.append(event.dataset_path.read_bytes())
         event.dataset_path.unlink()
         return 0x0000
