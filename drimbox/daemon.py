@@ -197,8 +197,14 @@ class _Core:
         return cls(index, store, audit, storage, PeerConnector(settings.dimse, dict(settings.pacs)))
 
 
-def build_node(settings: Settings) -> Node:
-    """Open the index (migrating it when allowed), the store and the DIMSE parts."""
+def build_node(settings: Settings, *, retrieval_processes: bool = True) -> Node:
+    """Open the index (migrating it when allowed), the store and the DIMSE parts.
+
+    `retrieval_processes=False` (the HTTP worker processes of `dicomweb.workers > 1`): no pool of
+    C-GET worker processes, each retrieval uses one association in the process itself. The HTTP
+    workers are already several processes; a pool in each multiplied the C-GET processes (with
+    2 HTTP workers, a CT fetched on demand had grown the box by ~900 MB of worker processes).
+    """
     core = _Core.open(settings)
     engine = core.index.engine
     if settings.database.auto_upgrade:
@@ -207,7 +213,7 @@ def build_node(settings: Settings) -> Node:
         raise DrimboxError("the index database is not up to date: run `drimbox db upgrade`")
     scp = StoreServer(settings.dimse, core.storage, dict(settings.pacs), core.audit)
     processes = max((peer.retrieve_processes for peer in settings.pacs.values()), default=1)
-    pool = WorkerPool(settings, build_worker_retriever, processes) if processes > 1 else None
+    pool = WorkerPool(settings, build_worker_retriever, processes) if processes > 1 and retrieval_processes else None
     retriever = Retriever(settings, core.connector, core.storage, core.index, core.audit, scp, pool)
     indexer = PacsIndexer(core.connector, core.index, core.store, core.audit)
     cache = StoreCache(core.index, core.store, settings.store.max_bytes)
@@ -435,7 +441,7 @@ def worker_app() -> FastAPI:
     """What each HTTP worker process serves (uvicorn imports it by name)."""
     settings = Settings.model_validate_json(os.environ[_WORKER_SETTINGS])
     configure_logging(settings.log_level)
-    return build_app(build_node(settings))
+    return build_app(build_node(settings, retrieval_processes=False))
 
 
 def http_options(settings: Settings) -> dict[str, Any]:

@@ -3,7 +3,9 @@
 A WADO-RS request for instances we do not hold starts a retrieval through the StudySource port
 and streams each instance as soon as it has landed, while later ones are still on the wire.
 Requests arriving meanwhile for the same series, or for a series of a study being retrieved,
-follow the running retrieval instead of starting another. A finished or failed retrieval is
+follow the running retrieval instead of starting another (and a study request made while some
+of its series are being fetched follows those, then fetches the others series by series: see
+`Wado._from_pacs`). A finished or failed retrieval is
 forgotten at once: the next request retries.
 """
 
@@ -88,6 +90,11 @@ class RetrievalHub:
             if retrieval is None:
                 retrieval = self._start((study_uid, series_uid))
         return retrieval.follow(series_uid, self.stall_seconds)
+
+    def running_in(self, study_uid: str) -> bool:
+        """Whether a retrieval of the study, or of one of its series, is under way."""
+        with self._lock:
+            return any(key[0] == study_uid for key in self._running)
 
     def running(self) -> int:
         with self._lock:

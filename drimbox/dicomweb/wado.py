@@ -127,7 +127,7 @@ class Wado:
             return
         if phase is not None:
             phase.fetching = True
-        for path in self.hub.follow(study, series):
+        for path in self._from_pacs(study, series, sent):
             uid = path.stem
             if uid in sent or (sop is not None and uid != sop):
                 continue
@@ -145,6 +145,21 @@ class Wado:
         if missing:
             # Raising after the first part cuts the response: the client sees it incomplete.
             raise RetrieveFailed(f"the PACS delivered {len(sent)} of {len(sent) + len(missing)} instances")
+
+    def _from_pacs(self, study: str, series: str | None, held: set[str]) -> Iterator[Path]:
+        """What the PACS sends for the request: the series asked for; for a study, one retrieval of
+        it, unless part of it is here or on its way: then each series still missing, one after the
+        other (a series being fetched is followed, a series we hold is not fetched again)."""
+        if series is not None:
+            yield from self.hub.follow(study, series)
+            return
+        by_series = self.index.instances_by_series(study)
+        missing = [uid for uid, sops in by_series.items() if not set(sops) <= held]
+        if len(missing) == len(by_series) and not self.hub.running_in(study):
+            yield from self.hub.follow(study)
+            return
+        for series_uid in missing:
+            yield from self.hub.follow(study, series_uid)
 
     def _known(self, study: str, series: str | None) -> bool:
         return self.index.series_known(study, series) if series else self.index.study_known(study)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -172,6 +173,64 @@ def test_two_concurrent_clients_cause_one_retrieval(box: Box) -> None:
         thread.join(timeout=120)
     assert results == [len(box.files)] * 2
     assert box.node.wado.hub.started == 1
+
+
+def _record_retrievals(box: Box, hold_first: threading.Event | None = None) -> list[str | None]:
+    """The series UID (None: whole study) of each retrieval the box starts; the first one waits
+    for `hold_first` when given."""
+    asked: list[str | None] = []
+    retrieve = box.node.retriever.retrieve
+
+    def recorded(study_uid: str, series_uid: str | None = None, **options: Any) -> Any:
+        asked.append(series_uid)
+        if hold_first is not None and len(asked) == 1:
+            hold_first.wait(30)
+        return retrieve(study_uid, series_uid, **options)
+
+    box.node.retriever.retrieve = recorded  # type: ignore[method-assign]
+    return asked
+
+
+def _series_of(box: Box) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for path in box.files:
+        uid = str(dcmread(path, stop_before_pixels=True).SeriesInstanceUID)
+        counts[uid] = counts.get(uid, 0) + 1
+    return counts
+
+
+def test_a_study_asked_for_after_one_of_its_series_fetches_only_the_others(box: Box) -> None:
+    asked = _record_retrievals(box)
+    series = _series_of(box)
+    first = next(uid for uid, count in series.items() if count == 4)
+    assert len(_client(box).retrieve_series(box.study_uid, first)) == 4
+    study = _client(box).retrieve_study(box.study_uid)
+    assert sorted(str(ds.SOPInstanceUID) for ds in study) == sorted(f.stem for f in box.files)
+    assert asked[0] == first and sorted(asked[1:]) == sorted(set(series) - {first})  # type: ignore[type-var]
+
+
+def test_a_study_asked_for_while_one_of_its_series_is_fetched_follows_that_fetch(box: Box) -> None:
+    gate = threading.Event()
+    asked = _record_retrievals(box, hold_first=gate)
+    series = _series_of(box)
+    ct = next(uid for uid, count in series.items() if count == 60)
+    got: dict[str, int] = {}
+    threads = [
+        threading.Thread(target=lambda: got.update(series=len(_client(box).retrieve_series(box.study_uid, ct)))),
+        threading.Thread(target=lambda: got.update(study=len(_client(box).retrieve_study(box.study_uid)))),
+    ]
+    threads[0].start()
+    deadline = time.monotonic() + 30
+    while asked != [ct] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    threads[1].start()
+    time.sleep(1.0)  # the study request reaches the running series fetch before it is let go
+    gate.set()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert got == {"series": 60, "study": len(box.files)}
+    assert asked[0] == ct and None not in asked, "no whole-study retrieval beside the running series"
+    assert sorted(asked[1:]) == sorted(set(series) - {ct})  # type: ignore[type-var]
 
 
 def test_access_control_statuses(box: Box) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from pydicom import dcmread
 
-from drimbox.daemon import Node
+from drimbox.daemon import Node, build_node
 from drimbox.dimse.parallel import Part
 from tests.conftest import NodeFactory, orthanc_peer, register_with_orthanc
 from tests.support.datasets import CT, DBT, MG, StudySpec, elements_equal, pixel_hash, write_study
@@ -200,3 +200,24 @@ def test_large_study_over_one_or_several_associations(
         assert [sum(1 for f in files if dcmread(f).SeriesInstanceUID == p.series_uid) for p in shares] == [30, 11, 5]
     else:  # each series dealt out to the 3 processes
         assert sorted(len(p.sop_uids) for p in shares) == [1, 2, 2, 3, 4, 4, 10, 10, 10]
+
+
+def test_http_worker_processes_retrieve_without_a_pool_of_their_own(
+    orthanc: Orthanc, make_node: NodeFactory, tmp_path: Path
+) -> None:
+    """With `dicomweb.workers > 1` each HTTP worker builds its node this way: one association per
+    retrieval in the worker itself, not a pool of C-GET processes per HTTP worker."""
+    spec = StudySpec(series=[(CT, "CT", 20), (CT, "CT", 20)], rows=32, columns=32)
+    files = write_study(spec, tmp_path / "ct")
+    orthanc.upload(files)
+    node = make_node({"main": orthanc_peer(orthanc, retrieve_processes=2, parallel_min_instances=8)})
+    assert node.retriever.pool is not None
+    worker = build_node(node.settings, retrieval_processes=False)
+    try:
+        assert worker.retriever.pool is None
+        worker.index_peer("main", DAY, DAY)
+        report = worker.retriever.retrieve(spec.study_uid)
+    finally:
+        worker.close()
+    assert (report.stored, report.failed) == (40, 0)
+    _check_retrieved(node, files, spec.study_uid)
