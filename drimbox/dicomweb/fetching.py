@@ -91,6 +91,11 @@ class RetrievalHub:
                 retrieval = self._start((study_uid, series_uid))
         return retrieval.follow(series_uid, self.stall_seconds)
 
+    def running_for(self, study_uid: str, series_uid: str) -> bool:
+        """Whether a retrieval that brings this series (its own, or its study's) is under way."""
+        with self._lock:
+            return (study_uid, None) in self._running or (study_uid, series_uid) in self._running
+
     def running_in(self, study_uid: str) -> bool:
         """Whether a retrieval of the study, or of one of its series, is under way."""
         with self._lock:

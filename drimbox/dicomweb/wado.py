@@ -155,10 +155,20 @@ class Wado:
             return
         by_series = self.index.instances_by_series(study)
         missing = [uid for uid, sops in by_series.items() if not set(sops) <= held]
-        if len(missing) == len(by_series) and not self.hub.running_in(study):
+        # Instances unknown to the index: the study's retrieval (joined if running). Checks in this
+        # order: a retrieval that ends between them has indexed its files first.
+        if not by_series or (
+            len(missing) == len(by_series) and not self.hub.running_in(study) and not self.index.held(study)
+        ):
             yield from self.hub.follow(study)
             return
         for series_uid in missing:
+            if not self.hub.running_for(study, series_uid):
+                # it may have landed since `held` was read (a retrieval that just ended): from the store
+                here = [Path(h.path) for h in self.index.held(study, series_uid) if Path(h.path).is_file()]
+                if set(by_series[series_uid]) <= {path.stem for path in here}:
+                    yield from here
+                    continue
             yield from self.hub.follow(study, series_uid)
 
     def _known(self, study: str, series: str | None) -> bool:
