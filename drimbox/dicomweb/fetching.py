@@ -81,20 +81,28 @@ class RetrievalHub:
         self._lock = threading.Lock()
         self.started = 0  # retrievals started since start: the status page and tests read it
 
-    def follow(self, study_uid: str, series_uid: str | None = None) -> Iterator[Path]:
-        """The files of a study or series as they land, from a running retrieval or a new one."""
+    def follow(self, study_uid: str, series_uid: str | None = None,
+               held: Callable[[], list[Path] | None] | None = None) -> Iterator[Path]:  # fmt: skip
+        """The files of a study or series as they land, from a running retrieval or a new one.
+
+        `held`, when given, is asked (under the hub's lock, so no retrieval ends meanwhile) before a
+        new retrieval starts: the files it returns are served instead (all landed already).
+        """
         with self._lock:
             retrieval = self._running.get((study_uid, None))
             if retrieval is None:
                 retrieval = self._running.get((study_uid, series_uid))
             if retrieval is None:
+                here = held() if held is not None else None
+                if here is not None:
+                    return iter(here)
                 retrieval = self._start((study_uid, series_uid))
         return retrieval.follow(series_uid, self.stall_seconds)
 
-    def running_for(self, study_uid: str, series_uid: str) -> bool:
-        """Whether a retrieval that brings this series (its own, or its study's) is under way."""
+    def study_running(self, study_uid: str) -> bool:
+        """Whether a retrieval of the whole study is under way."""
         with self._lock:
-            return (study_uid, None) in self._running or (study_uid, series_uid) in self._running
+            return (study_uid, None) in self._running
 
     def running_in(self, study_uid: str) -> bool:
         """Whether a retrieval of the study, or of one of its series, is under way."""

@@ -25,6 +25,7 @@ from starlette.types import Receive, Scope, Send
 ZEROCOPY = "http.response.zerocopysend"
 BATCH_BYTES = 8 << 20
 BATCH_PIECES = 128
+BATCH_FILES = 16  # open files held by one batch (each response holds at most this many)
 READ_CHUNK = 1 << 20
 
 
@@ -65,6 +66,10 @@ class PiecesResponse(StreamingResponse):
         finally:
             close_pieces(self._taken)
             self._taken = []
+            self._error = None  # its traceback refers back here
+            with anyio.CancelScope(shield=True):
+                # A producer cut short still holds an open file, a cache pin, maybe a spool.
+                await anyio.to_thread.run_sync(_close_producer, self._pieces)
 
     async def stream_response(self, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
@@ -88,7 +93,7 @@ class PiecesResponse(StreamingResponse):
         self._taken = batch
         if self._error is not None:
             return batch
-        size = 0
+        size = files = 0
         try:
             for piece in self._pieces:
                 if isinstance(piece, FileSegment) and not self._zerocopy and piece.count <= READ_CHUNK:
@@ -100,8 +105,11 @@ class PiecesResponse(StreamingResponse):
                         raise OSError("file shorter than announced: it changed while being sent")
                     piece = data
                 batch.append(piece)
-                size += piece.count if isinstance(piece, FileSegment) else len(piece)
-                if size >= BATCH_BYTES or len(batch) >= BATCH_PIECES or self._send_at_once():
+                if isinstance(piece, FileSegment):
+                    size, files = size + piece.count, files + 1
+                else:
+                    size += len(piece)
+                if size >= BATCH_BYTES or files >= BATCH_FILES or len(batch) >= BATCH_PIECES or self._send_at_once():
                     break
         except Exception as exc:
             self._error = exc
@@ -123,6 +131,12 @@ class PiecesResponse(StreamingResponse):
                 await _send_read(piece, send)
         if joined:
             await send({"type": "http.response.body", "body": b"".join(joined), "more_body": True})
+
+
+def _close_producer(pieces: Iterator[Piece]) -> None:
+    close = getattr(pieces, "close", None)
+    if close is not None:
+        close()  # GeneratorExit runs its `finally` and `with` blocks
 
 
 async def _send_read(segment: FileSegment, send: Send) -> None:

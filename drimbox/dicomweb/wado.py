@@ -7,6 +7,7 @@ before the response starts, so an unknown or unreachable study still gets a prop
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import logging
@@ -148,28 +149,31 @@ class Wado:
 
     def _from_pacs(self, study: str, series: str | None, held: set[str]) -> Iterator[Path]:
         """What the PACS sends for the request: the series asked for; for a study, one retrieval of
-        it, unless part of it is here or on its way: then each series still missing, one after the
-        other (a series being fetched is followed, a series we hold is not fetched again)."""
+        it (joined if running), unless part of it is here or on its way in series retrievals: then
+        each series still missing, one after the other (a series being fetched is followed, a
+        series we hold is not fetched again)."""
         if series is not None:
             yield from self.hub.follow(study, series)
             return
         by_series = self.index.instances_by_series(study)
         missing = [uid for uid, sops in by_series.items() if not set(sops) <= held]
-        # Instances unknown to the index: the study's retrieval (joined if running). Checks in this
-        # order: a retrieval that ends between them has indexed its files first.
-        if not by_series or (
-            len(missing) == len(by_series) and not self.hub.running_in(study) and not self.index.held(study)
+        # Instances unknown to the index, or the study's retrieval running: follow that one.
+        # Checks in this order: a retrieval that ends between them has indexed its files first.
+        if (
+            not by_series
+            or self.hub.study_running(study)
+            or (len(missing) == len(by_series) and not self.hub.running_in(study) and not self.index.held(study))
         ):
             yield from self.hub.follow(study)
             return
         for series_uid in missing:
-            if not self.hub.running_for(study, series_uid):
-                # it may have landed since `held` was read (a retrieval that just ended): from the store
-                here = [Path(h.path) for h in self.index.held(study, series_uid) if Path(h.path).is_file()]
-                if set(by_series[series_uid]) <= {path.stem for path in here}:
-                    yield from here
-                    continue
-            yield from self.hub.follow(study, series_uid)
+            landed = functools.partial(self._landed, study, series_uid, set(by_series[series_uid]))
+            yield from self.hub.follow(study, series_uid, held=landed)
+
+    def _landed(self, study: str, series: str, expected: set[str]) -> list[Path] | None:
+        """The files of a series if all have landed (a retrieval that just ended brought them), else None."""
+        here = [Path(h.path) for h in self.index.held(study, series) if Path(h.path).is_file()]
+        return here if expected <= {path.stem for path in here} else None
 
     def _known(self, study: str, series: str | None) -> bool:
         return self.index.series_known(study, series) if series else self.index.study_known(study)

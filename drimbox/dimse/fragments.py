@@ -29,8 +29,10 @@ _P_DATA_TF = 0x04
 _KNOWN_PDU_TYPES = frozenset(range(0x01, 0x08))
 _HEADER = struct.Struct(">BBL")
 _ITEM = struct.Struct(">LBB")
-#: PDUs handled in one go before the reactor gets a turn (to send what is queued, see its timers).
+#: PDUs (and bytes) handled in one go before the reactor gets a turn (to see its timers); it gets
+#: one at once when something waits to be sent (a C-STORE response, an A-ABORT).
 _BATCH = 256
+_BATCH_BYTES = 16 << 20
 #: How long to wait for the next PDU of a data set before handing back to the reactor.
 _NEXT_PDU_WAIT = 0.005
 #: The largest PDU read into the reusable buffer; a larger one takes pynetdicom's path.
@@ -47,6 +49,7 @@ def install() -> None:
 
 def read_pdu_data(self: Any) -> None:
     """pynetdicom's `_read_pdu_data`, with data-set fragments written straight to their file."""
+    taken = 0
     for _ in range(_BATCH):
         header = _read_header(self)
         if header is None:
@@ -64,7 +67,10 @@ def read_pdu_data(self: Any) -> None:
             _standard(self, raw_header, pdu_type, pdu_length, bytes(body))
             return
         self._idle_timer.restart()
-        if self._kill_thread or not _next_pdu_arrives(self.socket):
+        taken += pdu_length
+        if taken >= _BATCH_BYTES or self._kill_thread or not self.to_provider_queue.empty():
+            return
+        if not _next_pdu_arrives(self.socket):
             return
 
 

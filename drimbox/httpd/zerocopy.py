@@ -47,7 +47,7 @@ class ZeroCopyCycle(h11_impl.RequestResponseCycle):
             return
         if self.flow.write_paused and not self.disconnected:
             await self.flow.drain()
-        count = int(message["count"])
+        offset, count = _span(message)
         if self.transport.is_closing():
             self.disconnected = True  # asyncio's sendfile refuses a closing transport
         if not self.disconnected and count > 0:
@@ -55,21 +55,24 @@ class ZeroCopyCycle(h11_impl.RequestResponseCycle):
             try:
                 if chunked:
                     self.transport.write(b"%x\r\n" % count)
-                await asyncio.get_running_loop().sendfile(
-                    self.transport, message["file"], int(message.get("offset", 0)), count
-                )
+                sent = await asyncio.get_running_loop().sendfile(self.transport, message["file"], offset, count)
+                if sent != count:
+                    raise OSError(f"file shorter than announced: {sent} of {count} bytes")
                 if chunked:
                     self.transport.write(b"\r\n")
-            except (ConnectionError, OSError) as exc:
-                log.info("client gone during sendfile", extra={"event": "http.sendfile_cut", "reason": str(exc)})
+            except (OSError, RuntimeError) as exc:
+                # The client is gone, or the body can no longer be framed right: end the connection
+                # (a response left half-sent would keep the client waiting on it).
+                log.info("sendfile cut", extra={"event": "http.sendfile_cut", "reason": str(exc)})
                 self.disconnected = True
+                self.transport.close()
         if not message.get("more_body", False):
             await super().send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _send_read(self, message: Any) -> None:
         """The extension's effect through `http.response.body` (read here; 1 MiB at a time)."""
-        handle, left = message["file"], int(message["count"])
-        position = int(message.get("offset", 0))
+        handle = message["file"]
+        position, left = _span(message)
         loop = asyncio.get_running_loop()
         while left > 0:
             data = await loop.run_in_executor(None, _pread, handle, min(left, 1 << 20), position)
@@ -80,6 +83,15 @@ class ZeroCopyCycle(h11_impl.RequestResponseCycle):
             await super().send({"type": "http.response.body", "body": data, "more_body": True})
         if not message.get("more_body", False):
             await super().send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _span(message: Any) -> tuple[int, int]:
+    """(offset, count) of a zerocopysend message; no count means up to the end of the file."""
+    offset = int(message.get("offset") or 0)
+    count = message.get("count")
+    if count is None:
+        count = os.fstat(message["file"].fileno()).st_size - offset
+    return offset, int(count)
 
 
 def _pread(handle: Any, count: int, offset: int) -> bytes:

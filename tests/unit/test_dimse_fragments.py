@@ -70,6 +70,7 @@ class FakeDul:
     message: _Message
     state: str = "Sta6"
     event_queue: queue.Queue[str] = field(default_factory=queue.Queue)
+    to_provider_queue: queue.Queue[Any] = field(default_factory=queue.Queue)
     _recv_pdu: queue.Queue[Any] = field(default_factory=queue.Queue)
     _idle_timer: _Timer = field(default_factory=_Timer)
     _kill_thread: bool = False
@@ -108,6 +109,16 @@ def test_non_final_fragments_go_to_the_file_and_the_final_one_to_pynetdicom(wire
     assert dul.decoded == [final]  # the final fragment took pynetdicom's path
     assert dul.event_queue.get_nowait() == "Evt10" and dul._recv_pdu.qsize() == 1
     assert dul._idle_timer.restarts == 2
+
+
+def test_a_primitive_waiting_to_be_sent_gets_the_reactor_back_at_once(wire: Any) -> None:
+    theirs, dul = wire
+    dul.to_provider_queue.put("a C-STORE response")
+    theirs.sendall(p_data(pdv(1, 0x00, b"one")) + p_data(pdv(1, 0x00, b"two")))
+    fragments.read_pdu_data(dul)
+    assert dul.message._data_set_file.getvalue() == b"one"  # the second PDU waits for the next turn
+    fragments.read_pdu_data(dul)
+    assert dul.message._data_set_file.getvalue() == b"onetwo"
 
 
 @pytest.mark.parametrize(

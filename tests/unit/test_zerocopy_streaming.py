@@ -31,6 +31,7 @@ class Body:
         self.small = folder / "small.bin"
         self.small.write_bytes(os.urandom(4096))
         self.opened: list[BinaryIO] = []
+        self.producer_closed = False
         self.fail_after = fail_after
         self.expected = b"head" + self.big.read_bytes() + b"mid" + self.small.read_bytes()[10:110] + b"tail"
 
@@ -40,13 +41,16 @@ class Body:
         return handle
 
     def pieces(self) -> Iterator[Piece]:
-        yield b"head"
-        yield FileSegment(self._open(self.big), 0, 3 << 20)
-        if self.fail_after == 1:
-            raise OSError("the store went away")
-        yield b"mid"
-        yield FileSegment(self._open(self.small), 10, 100)
-        yield b"tail"
+        try:
+            yield b"head"
+            yield FileSegment(self._open(self.big), 0, 3 << 20)
+            if self.fail_after == 1:
+                raise OSError("the store went away")
+            yield b"mid"
+            yield FileSegment(self._open(self.small), 10, 100)
+            yield b"tail"
+        finally:
+            self.producer_closed = True
 
     def all_closed(self) -> bool:
         return bool(self.opened) and all(handle.closed for handle in self.opened)
@@ -157,6 +161,44 @@ def test_a_client_that_goes_away_leaves_no_file_open(tmp_path: Path) -> None:
             sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
             assert sock.recv(100).startswith(b"HTTP/1.1 200")
         deadline = time.monotonic() + 10
-        while not body.all_closed() and time.monotonic() < deadline:
+        while not (body.all_closed() and body.producer_closed) and time.monotonic() < deadline:
             time.sleep(0.05)
     assert body.all_closed()
+    assert body.producer_closed  # its `finally` ran: pins and spools of a real body are released
+
+
+def test_a_response_cut_by_the_server_closes_its_producer_at_once(tmp_path: Path) -> None:
+    """The send fails after the first part (the connection broke): the suspended producer is closed,
+    not left to the garbage collector with its open file, pins and spools."""
+    body = Body(tmp_path)
+    pieces = body.pieces()
+    response = PiecesResponse(pieces, lambda: True, headers={"Content-Type": "application/octet-stream"})
+    sent: list[str] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message["type"])
+        if sent.count("http.response.body") == 2:  # within the 3 MiB file
+            raise OSError("connection reset")
+
+    async def receive() -> Any:
+        await anyio.sleep(3600)
+
+    scope = {"type": "http", "asgi": {"spec_version": "2.4"}, "extensions": {}}
+    with pytest.raises(Exception):  # noqa: B017 - Starlette turns the OSError into ClientDisconnect
+        anyio.run(response, scope, receive, send)
+    assert sent == ["http.response.start", "http.response.body", "http.response.body"]
+    assert body.producer_closed and body.all_closed()
+
+
+def test_a_file_shorter_than_announced_ends_the_connection_instead_of_hanging(tmp_path: Path) -> None:
+    short = tmp_path / "short.bin"
+    short.write_bytes(b"x" * 4096)
+    handle = open(short, "rb")  # noqa: SIM115 - the response closes it
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        pieces = iter([b"head", FileSegment(handle, 0, 10_000), b"tail"])
+        await PiecesResponse(pieces, lambda: False)(scope, receive, send)
+
+    with serving(app) as port, pytest.raises(httpx.RemoteProtocolError):
+        httpx.get(f"http://127.0.0.1:{port}/", timeout=5)
+    assert handle.closed
