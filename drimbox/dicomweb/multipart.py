@@ -57,24 +57,6 @@ def file_chunks(handle: BinaryIO, length: int, chunk: int = CHUNK) -> Iterator[b
         yield data
 
 
-def file_part(boundary: str, part_type: str, path: Path, *, transfer_syntax: str | None = None,
-              location: str | None = None) -> Iterator[bytes]:  # fmt: skip
-    """One part whose body is a file on disk, read as it is sent.
-
-    The file is opened before anything is yielded: an eviction that unlinks it afterwards does
-    not cut the transfer (POSIX keeps an open file's data).
-    """
-    with open(path, "rb") as handle:
-        length = os.fstat(handle.fileno()).st_size
-        header = part_header(boundary, part_type, length, transfer_syntax=transfer_syntax, location=location)
-        if length <= CHUNK:  # one write per small instance: each chunk costs a thread hop in the server
-            yield header + b"".join(file_chunks(handle, length)) + b"\r\n"
-            return
-        yield header
-        yield from file_chunks(handle, length)
-        yield b"\r\n"
-
-
 def file_part_segments(boundary: str, part_type: str, path: Path, *, transfer_syntax: str | None = None,
                        location: str | None = None) -> Iterator[bytes | FileSegment]:  # fmt: skip
     """One part whose body is a file on disk, handed over as an open `FileSegment` (the response

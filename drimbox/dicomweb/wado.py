@@ -56,13 +56,9 @@ class Phase:
     fetching: bool = False
 
 
-def _batched(chunks: Iterator[bytes], phase: Phase, size: int = multipart.CHUNK) -> Iterator[bytes]:
-    """Join small chunks into writes of about `size` while files are read from the store.
-
-    Each chunk costs the server a thread hop; a CT series of 0.5 MB instances would otherwise
-    pay it per part. Once the selection waits on the PACS, every chunk goes out at once (a
-    landed instance must not wait for the next one).
-    """
+def _batched(chunks: Iterator[bytes], size: int = multipart.CHUNK) -> Iterator[bytes]:
+    """Join small chunks into writes of about `size`: each chunk costs the server a thread hop,
+    and a study's metadata array is one small chunk per instance."""
     pending: list[bytes] = []
     held = 0
     for chunk in chunks:
@@ -71,7 +67,7 @@ def _batched(chunks: Iterator[bytes], phase: Phase, size: int = multipart.CHUNK)
             continue
         pending.append(chunk)
         held += len(chunk)
-        if held >= size or phase.fetching:
+        if held >= size:
             yield b"".join(pending)
             pending, held = [], 0
     if pending:
@@ -258,7 +254,7 @@ class Wado:
         if gzipped:
             headers["Content-Encoding"] = "gzip"
             return StreamingResponse(_gzipped(_plain_array(sidecars)), media_type=DICOM_JSON, headers=headers)
-        return StreamingResponse(_batched(_plain_array(sidecars), Phase()), media_type=DICOM_JSON, headers=headers)
+        return StreamingResponse(_batched(_plain_array(sidecars)), media_type=DICOM_JSON, headers=headers)
 
     def _sidecar(self, held: HeldInstance) -> Path:
         base = metadata.instance_base(self.public_prefix, held.study_uid, held.series_uid, held.sop_uid)

@@ -57,14 +57,14 @@ def read_pdu_data(self: Any) -> None:
         pdu_type, pdu_length, raw_header = header
         target = _data_set_file(self) if pdu_type == _P_DATA_TF and pdu_length <= _MAX_FAST_PDU else None
         if target is None:
-            _standard(self, raw_header, pdu_type, pdu_length, None)
+            _standard(self, raw_header, pdu_length, None)
             return
         file, context_id = target
         body = _read_body(self, pdu_length)
         if body is None:
             return
         if not _write_fragments(body, context_id, file):
-            _standard(self, raw_header, pdu_type, pdu_length, bytes(body))
+            _standard(self, raw_header, pdu_length, bytes(body))
             return
         self._idle_timer.restart()
         taken += pdu_length
@@ -78,9 +78,7 @@ def _read_header(self: Any) -> tuple[int, int, bytes] | None:
     try:
         raw = bytes(self.socket.recv(6))
     except (OSError, TimeoutError) as exc:
-        log.error("Connection closed before the entire PDU was received")
-        log.exception(exc)
-        self.event_queue.put("Evt17")
+        _connection_lost(self, exc)
         return None
     try:
         pdu_type, _, pdu_length = _HEADER.unpack(raw)
@@ -92,6 +90,13 @@ def _read_header(self: Any) -> tuple[int, int, bytes] | None:
         self.event_queue.put("Evt19")
         return None
     return pdu_type, pdu_length, raw
+
+
+def _connection_lost(self: Any, exc: BaseException) -> None:
+    """What pynetdicom does when the socket fails mid-PDU: log it, Evt17 (transport closed)."""
+    log.error("Connection closed before the entire PDU was received")
+    log.exception(exc)
+    self.event_queue.put("Evt17")
 
 
 def _data_set_file(self: Any) -> tuple[Any, int] | None:
@@ -123,12 +128,10 @@ def _read_body(self: Any, length: int) -> memoryview | None:
                 break
             received += count
     except (OSError, TimeoutError) as exc:
-        log.error("Connection closed before the entire PDU was received")
-        log.exception(exc)
-        received = -1
+        _connection_lost(self, exc)
+        return None
     if received != length:
-        if received >= 0:
-            log.error(f"The received PDU is shorter than expected ({6 + received} of {6 + length} bytes received)")
+        log.error(f"The received PDU is shorter than expected ({6 + received} of {6 + length} bytes received)")
         self.event_queue.put("Evt17")
         return None
     return view
@@ -167,16 +170,13 @@ def _next_pdu_arrives(association_socket: Any) -> bool:
     return bool(ready)
 
 
-def _standard(self: Any, raw_header: bytes, pdu_type: int, pdu_length: int, body: bytes | None) -> None:
+def _standard(self: Any, raw_header: bytes, pdu_length: int, body: bytes | None) -> None:
     """The rest of pynetdicom's `_read_pdu_data` for a PDU whose header has been read."""
-    del pdu_type
     if body is None:
         try:
             body = bytes(self.socket.recv(pdu_length))
         except (OSError, TimeoutError) as exc:
-            log.error("Connection closed before the entire PDU was received")
-            log.exception(exc)
-            self.event_queue.put("Evt17")
+            _connection_lost(self, exc)
             return
         if len(body) != pdu_length:
             log.error(f"The received PDU is shorter than expected ({6 + len(body)} of {6 + pdu_length} bytes received)")
