@@ -27,7 +27,7 @@ from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 
 from drimbox.config import DimseSettings, PacsPeer
-from drimbox.dimse import fragments
+from drimbox.dimse import fragments, reactor
 from drimbox.dimse.contexts import VERIFICATION
 from drimbox.errors import PeerUnreachable
 
@@ -48,7 +48,8 @@ def configure_pynetdicom() -> None:
       which raises on an unconnected socket, and skips close(), leaking a descriptor per attempt;
     - PDUs are read with recv_into() into one buffer instead of 4 KiB recv() calls appended to a
       bytearray: the receive path of a 16 KiB PDU drops from 4 system calls and copies to ~1;
-    - data-set fragments of a C-STORE go straight to their file (`fragments.py`).
+    - data-set fragments of a C-STORE go straight to their file (`fragments.py`);
+    - the reactor thread waits for work instead of polling every millisecond (`reactor.py`).
     """
     global _configured
     if _configured:
@@ -93,6 +94,7 @@ def configure_pynetdicom() -> None:
     cls.recv = recv_whole  # type: ignore[method-assign]
     cls._shutdown_socket = shutdown_then_close  # type: ignore[method-assign]
     fragments.install()
+    reactor.install()
     _configured = True
 
 

@@ -22,6 +22,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import build_context, evt
 
 from drimbox.config import Settings
+from drimbox.dimse.admissions import Admissions
 from drimbox.dimse.connection import PeerConnector
 from drimbox.dimse.contexts import COMMON_STORAGE_SOP_CLASSES, GET_MODEL, MOVE_MODEL, cget_storage_contexts
 from drimbox.dimse.find import PacsQuery
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 
 PENDING = (0xFF00, 0xFF01)
 WARNING = 0xB000
+#: Refused instances whose reasons a report lists (the count is always complete).
+_LISTED_FAILURES = 10
 
 
 @dataclass
@@ -200,12 +203,18 @@ class Retriever:
         contexts, roles = cget_storage_contexts(sop_classes)
         contexts.insert(0, build_context(GET_MODEL))
 
-        def handle(event: Any) -> Any:
-            return self.storage.handle(event, peer, admitted)
-
-        with self.connector.associate(peer, contexts, roles, [(evt.EVT_C_STORE, handle)]) as assoc:
-            responses = assoc.send_c_get(_identifier(study_uid, series_uid, sop_uids), GET_MODEL)
-            self._follow(responses, report, "C-GET")
+        admissions = Admissions(self.storage.intake, peer, admitted)
+        try:
+            with (
+                admissions,
+                self.connector.associate(peer, contexts, roles, [(evt.EVT_C_STORE, admissions.handle)]) as assoc,
+            ):
+                responses = assoc.send_c_get(_identifier(study_uid, series_uid, sop_uids), GET_MODEL)
+                self._follow(responses, report, "C-GET")
+        finally:
+            # Refused after the PACS was told "success" (admissions.py): failed all the same.
+            report.failed += len(admissions.failures)
+            report.errors.extend(admissions.failures[:_LISTED_FAILURES])
 
     def _sop_classes(self, peer: str, study_uid: str, series_uid: str | None) -> dict[str, set[str]]:
         """SOP classes (and stored syntaxes) of what we retrieve: from the index, else by C-FIND."""

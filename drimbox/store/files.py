@@ -14,13 +14,15 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydicom import dcmread
-from pydicom.dataelem import RawDataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.tag import BaseTag
 
 from drimbox.errors import InvalidInstance, StoreError, StoreFull
 from drimbox.uids import checked_uid
@@ -37,6 +39,8 @@ class InspectedFile:
     sop_uid: str
     sop_class_uid: str
     size: int
+    #: The elements as read, before any value was converted (keys the metadata memo).
+    elements: Mapping[BaseTag, DataElement | RawDataElement] = field(default_factory=dict)
 
 
 class InstanceStore:
@@ -77,8 +81,9 @@ class InstanceStore:
         try:
             size = path.stat().st_size
             ds = dcmread(path, defer_size=1024)
-            for tag in list(ds.keys()):
-                _check_within(ds.get_item(tag, keep_deferred=True), size)
+            elements = {tag: ds.get_item(tag, keep_deferred=True) for tag in ds.keys()}  # noqa: SIM118
+            for element in elements.values():
+                _check_within(element, size)
             meta = ds.file_meta
             syntax = str(meta.get("TransferSyntaxUID", ""))
             return InspectedFile(
@@ -89,6 +94,7 @@ class InstanceStore:
                 sop_uid=checked_uid(ds.get("SOPInstanceUID"), "SOPInstanceUID"),
                 sop_class_uid=checked_uid(ds.get("SOPClassUID"), "SOPClassUID"),
                 size=size,
+                elements=elements,
             )
         except InvalidInstance:
             raise

@@ -112,6 +112,6 @@ class InstanceIntake:
             return
         base = metadata.instance_base(self.public_prefix, inspected.study_uid, inspected.series_uid, inspected.sop_uid)
         try:
-            metadata.write_sidecar(final, inspected.dataset, base, self.store.incoming)
+            metadata.write_sidecar(final, inspected.dataset, base, self.store.incoming, inspected.elements)
         except Exception as exc:
             log.warning("metadata not written", extra={"event": "metadata.failed", "reason": str(exc)})

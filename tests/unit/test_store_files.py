@@ -75,3 +75,50 @@ def test_metadata_inlines_sequences_and_refers_to_bulk_data(tmp_path: Path) -> N
         "vr": "OW",
         "BulkDataURI": "https://box/dicom-web/studies/1/series/2/instances/3/bulkdata/7FE00010",
     }
+
+
+def test_metadata_from_the_memo_is_what_pydicom_gives(tmp_path: Path) -> None:
+    """Later instances of a series take most elements from the memo: the JSON must not change."""
+    import json
+
+    from pydicom import dcmread
+
+    from drimbox.store import metadata
+
+    sources = write_study(StudySpec(series=[(CT, "CT", 3)]), tmp_path / "src")
+    store = InstanceStore(tmp_path / "data")
+    metadata._MEMO.clear()
+    for source in sources:
+        inspected = store.inspect(source)
+        ours = json.loads(metadata.metadata_text(inspected.dataset, "https://box/i", inspected.elements))
+        theirs = dcmread(source).to_json_dict(bulk_data_threshold=1024, bulk_data_element_handler=lambda _e: "bulk")
+        assert ours.keys() == theirs.keys()
+        for key, value in ours.items():
+            if "BulkDataURI" in value:
+                assert theirs[key].get("BulkDataURI") == "bulk", key
+            elif "BulkDataURI" not in theirs[key]:
+                assert value == theirs[key], key
+    assert len(metadata._MEMO) > 20  # patient, study, equipment... encoded once, reused twice
+
+
+def test_metadata_memo_keeps_character_sets_apart(tmp_path: Path) -> None:
+    """The same bytes of a name mean another name under another character set."""
+    import json
+
+    from pydicom import dcmread
+
+    from drimbox.store import metadata
+
+    [source] = write_study(StudySpec(series=[(CT, "CT", 1)]), tmp_path / "src")
+    store = InstanceStore(tmp_path / "data")
+    names = {}
+    for charset, name in (("ISO_IR 192", "é^Anne"), ("ISO_IR 100", "Ã©^Anne")):  # both b"\xc3\xa9^Anne"
+        ds = dcmread(source)
+        ds.SpecificCharacterSet = charset
+        ds.PatientName = name
+        target = tmp_path / f"{charset[-3:]}.dcm"
+        ds.save_as(target)
+        inspected = store.inspect(target)
+        meta = json.loads(metadata.metadata_text(inspected.dataset, "https://box/i", inspected.elements))
+        names[charset] = meta["00100010"]["Value"][0]["Alphabetic"]
+    assert names == {"ISO_IR 192": "é^Anne", "ISO_IR 100": "Ã©^Anne"}

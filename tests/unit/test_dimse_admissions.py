@@ -1,0 +1,95 @@
+"""A C-GET's instances admitted behind the association (drimbox/dimse/admissions.py), on a real store and index."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from pydicom import dcmread
+
+from drimbox.dimse.admissions import Admissions
+from drimbox.dimse.storage import Admitted
+from drimbox.index import db
+from drimbox.index.repository import IndexRepository
+from drimbox.ports import AuditEvent
+from drimbox.store.files import InstanceStore
+from drimbox.store.intake import InstanceIntake
+from tests.support.datasets import CT, StudySpec, write_study
+
+
+class _Trail:
+    def __init__(self) -> None:
+        self.events: list[AuditEvent] = []
+
+    def record(self, event: AuditEvent) -> None:
+        self.events.append(event)
+
+
+@pytest.fixture
+def intake(tmp_path: Path) -> Iterator[InstanceIntake]:
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'index.db'}")
+    db.upgrade(engine)
+    yield InstanceIntake(InstanceStore(tmp_path / "data"), IndexRepository(engine), _Trail(), "https://box/dicom-web")
+    engine.dispose()
+
+
+def _received(intake: InstanceIntake, source: Path, sop_uid: str | None = None, name: str = "") -> Any:
+    """A C-STORE event as pynetdicom hands it over: the data set already in a file of incoming/."""
+    ds = dcmread(source, stop_before_pixels=True)
+    path = intake.store.incoming / f"cstore-{name or source.stem}.dcm"
+    shutil.copyfile(source, path)
+    request = SimpleNamespace(AffectedSOPInstanceUID=sop_uid or ds.SOPInstanceUID, AffectedSOPClassUID=ds.SOPClassUID)
+    acceptor = SimpleNamespace(ae_title="ORTHANC")
+    return SimpleNamespace(request=request, dataset_path=path, assoc=SimpleNamespace(acceptor=acceptor))
+
+
+def test_instances_are_admitted_in_order_after_the_answer(intake: InstanceIntake, tmp_path: Path) -> None:
+    sources = write_study(StudySpec(series=[(CT, "CT", 5)]), tmp_path / "src")
+    admitted: list[Admitted] = []
+    with Admissions(intake, "pacs", admitted.append) as admissions:
+        statuses = [admissions.handle(_received(intake, source)) for source in sources]
+    assert statuses == [0x0000] * 5
+    assert [a.sop_uid for a in admitted] == [p.stem for p in sources]
+    for item in admitted:
+        assert Path(item.path).read_bytes() == (tmp_path / "src" / f"{item.sop_uid}.dcm").read_bytes()
+        assert Path(item.path).with_suffix(".meta.gz").exists()
+    assert admissions.failures == []
+    assert intake.index.counts().instances == 5
+    assert list(intake.store.incoming.iterdir()) == []
+
+
+def test_a_refused_instance_is_a_failure_of_the_retrieval(intake: InstanceIntake, tmp_path: Path) -> None:
+    """Told "success" already, the PACS cannot count it: the retrieval's own report does."""
+    good, truncated, other = write_study(StudySpec(series=[(CT, "CT", 3)], rows=64, columns=64), tmp_path / "src")
+    truncated.write_bytes(truncated.read_bytes()[:-100])
+    admitted: list[Admitted] = []
+    with Admissions(intake, "pacs", admitted.append) as admissions:
+        admissions.handle(_received(intake, good))
+        admissions.handle(_received(intake, truncated))
+        admissions.handle(_received(intake, other, sop_uid="1.2.3.4.5", name="mismatch"))
+    assert [a.sop_uid for a in admitted] == [good.stem]
+    assert len(admissions.failures) == 2
+    assert admissions.failures[0].startswith(f"{truncated.stem}: ") and "truncated" in admissions.failures[0]
+    assert admissions.failures[1].startswith("1.2.3.4.5: ") and "differs" in admissions.failures[1]
+    assert intake.index.counts().instances == 1
+    assert list(intake.store.incoming.iterdir()) == []  # nothing half-admitted left behind
+
+
+def test_a_failing_listener_does_not_stop_the_queue(intake: InstanceIntake, tmp_path: Path) -> None:
+    sources = write_study(StudySpec(series=[(CT, "CT", 3)]), tmp_path / "src")
+    seen: list[str] = []
+
+    def listener(item: Admitted) -> None:
+        seen.append(item.sop_uid)
+        if len(seen) == 1:
+            raise RuntimeError("reader gone")
+
+    with Admissions(intake, "pacs", listener) as admissions:
+        for source in sources:
+            admissions.handle(_received(intake, source))
+    assert seen == [p.stem for p in sources]
+    assert admissions.failures == [f"{sources[0].stem}: RuntimeError: reader gone"]
