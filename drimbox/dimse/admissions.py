@@ -67,15 +67,17 @@ class Admissions:
         request = event.request
         path = Path(event.dataset_path)
         ReceivedFile.finish(path)
-        self._pending.put(
-            _Received(
-                path,
-                str(event.assoc.acceptor.ae_title).strip(),
-                str(request.AffectedSOPInstanceUID or ""),
-                str(request.AffectedSOPClassUID or ""),
-            )
+        self.submit(
+            path,
+            str(event.assoc.acceptor.ae_title).strip(),
+            str(request.AffectedSOPInstanceUID or ""),
+            str(request.AffectedSOPClassUID or ""),
         )
         return STATUS_SUCCESS
+
+    def submit(self, path: Path, sender: str, sop_uid: str, sop_class_uid: str) -> None:
+        """Queue a complete received file; blocks while the queue is full (the PACS waits meanwhile)."""
+        self._pending.put(_Received(path, sender, sop_uid, sop_class_uid))
 
     def _run(self) -> None:
         while (received := self._pending.get()) is not None:

@@ -55,15 +55,21 @@ def read_pdu_data(self: Any) -> None:
         if header is None:
             return
         pdu_type, pdu_length, raw_header = header
-        target = _data_set_file(self) if pdu_type == _P_DATA_TF and pdu_length <= _MAX_FAST_PDU else None
-        if target is None:
+        short = pdu_type == _P_DATA_TF and pdu_length <= _MAX_FAST_PDU
+        suboperations = _suboperations(self) if short else None
+        target = _data_set_file(self) if short and suboperations is None else None
+        if suboperations is None and target is None:
             _standard(self, raw_header, pdu_length, None)
             return
-        file, context_id = target
         body = _read_body(self, pdu_length)
         if body is None:
             return
-        if not _write_fragments(body, context_id, file):
+        if suboperations is not None:
+            taken_whole = suboperations.take(self, body)
+        else:
+            assert target is not None
+            taken_whole = _write_fragments(body, target[1], target[0])
+        if not taken_whole:
             _standard(self, raw_header, pdu_length, bytes(body))
             return
         self._idle_timer.restart()
@@ -112,6 +118,22 @@ def _data_set_file(self: Any) -> tuple[Any, int] | None:
     if file is None or message.context_id is None:
         return None
     return file, int(message.context_id)
+
+
+def _suboperations(self: Any) -> Any:
+    """The C-GET's SubOperations (suboperations.py) if this PDU is theirs to take or refuse.
+
+    Mid-transfer every P-DATA-TF PDU is; otherwise only in Sta6 with nothing received before it
+    still waiting, and no message pynetdicom itself is assembling.
+    """
+    suboperations = getattr(self, "_drimbox_suboperations", None)
+    if suboperations is None or suboperations.receiving:
+        return suboperations
+    if self.state_machine.current_state != "Sta6" or not self.event_queue.empty() or not self._recv_pdu.empty():
+        return None
+    if self.assoc.dimse.message is not None:
+        return None
+    return suboperations
 
 
 def _read_body(self: Any, length: int) -> memoryview | None:

@@ -29,6 +29,7 @@ from drimbox.dimse.find import PacsQuery
 from drimbox.dimse.parallel import WorkerPool, by_series, split
 from drimbox.dimse.scp import StoreServer
 from drimbox.dimse.storage import Admitted, StorageHandler
+from drimbox.dimse.suboperations import SubOperations
 from drimbox.errors import RetrieveFailed
 from drimbox.index.records import InstanceRecord, SeriesRecord
 from drimbox.index.repository import IndexRepository
@@ -205,16 +206,27 @@ class Retriever:
 
         admissions = Admissions(self.storage.intake, peer, admitted)
         try:
-            with (
-                admissions,
-                self.connector.associate(peer, contexts, roles, [(evt.EVT_C_STORE, admissions.handle)]) as assoc,
-            ):
-                responses = assoc.send_c_get(_identifier(study_uid, series_uid, sop_uids), GET_MODEL)
-                self._follow(responses, report, "C-GET")
+            with admissions:
+                self._cget_into(admissions, peer, contexts, roles, _identifier(study_uid, series_uid, sop_uids), report)
         finally:
             # Refused after the PACS was told "success" (admissions.py): failed all the same.
             report.failed += len(admissions.failures)
             report.errors.extend(admissions.failures[:_LISTED_FAILURES])
+
+    def _cget_into(
+        self, admissions: Admissions, peer: str, contexts: list[Any], roles: list[Any], query: Dataset,
+        report: RetrieveReport,
+    ) -> None:  # fmt: skip
+        """One C-GET association; its C-STORE sub-operations go to `admissions` (suboperations.py)."""
+        suboperations: SubOperations | None = None
+        try:
+            with self.connector.associate(peer, contexts, roles, [(evt.EVT_C_STORE, admissions.handle)]) as assoc:
+                suboperations = SubOperations(assoc, admissions, self.storage.intake.store.incoming)
+                suboperations.attach(assoc)
+                self._follow(assoc.send_c_get(query, GET_MODEL), report, "C-GET")
+        finally:
+            if suboperations is not None:  # the association has ended: nothing more can arrive
+                suboperations.abandon()
 
     def _sop_classes(self, peer: str, study_uid: str, series_uid: str | None) -> dict[str, set[str]]:
         """SOP classes (and stored syntaxes) of what we retrieve: from the index, else by C-FIND."""

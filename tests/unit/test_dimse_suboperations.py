@@ -1,0 +1,199 @@
+"""C-STORE sub-operations answered in the reactor thread (drimbox/dimse/suboperations.py).
+
+Checked against pynetdicom itself: its encoder and decoder for the two commands, and a real
+pynetdicom C-GET provider sending real studies to a real association.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import UID, ExplicitVRLittleEndian
+from pynetdicom import AE, build_role, evt
+from pynetdicom.dimse_messages import C_STORE_RQ, C_STORE_RSP
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import create_file_meta
+from pynetdicom.pdu import P_DATA_TF
+from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformationModelGet  # type: ignore[attr-defined]
+
+from drimbox.dimse import suboperations
+from drimbox.dimse.admissions import Admissions
+from drimbox.dimse.connection import configure_pynetdicom, receive_into
+from drimbox.dimse.storage import Admitted
+from drimbox.index import db
+from drimbox.index.repository import IndexRepository
+from drimbox.ports import AuditEvent
+from drimbox.store.files import InstanceStore
+from drimbox.store.intake import InstanceIntake
+from tests.support.datasets import CT, StudySpec, write_study
+
+SOP_CLASS = "1.2.840.10008.5.1.4.1.1.2"
+SOP_UID = "1.2.826.0.1.3680043.8.498.12345678901234567890123"  # odd length: padded
+
+
+def _pynetdicom_command(primitive: C_STORE, context_id: int = 5) -> bytes:
+    """The P-DATA-TF PDU pynetdicom itself sends for `primitive`'s command."""
+    message = (C_STORE_RSP if primitive.Status is not None else C_STORE_RQ)()
+    message.primitive_to_message(primitive)
+    [p_data, *_] = list(message.encode_msg(context_id, 16384))
+    pdu = P_DATA_TF()
+    pdu.from_primitive(p_data)
+    return bytes(pdu.encode())
+
+
+def test_the_response_is_what_pynetdicom_would_send() -> None:
+    response = C_STORE()
+    response.MessageIDBeingRespondedTo = 7
+    response.AffectedSOPClassUID = SOP_CLASS
+    response.AffectedSOPInstanceUID = SOP_UID
+    response.Status = 0x0000
+    ours = suboperations.response_pdu(5, 7, SOP_CLASS, SOP_UID)
+    assert ours == _pynetdicom_command(response)
+
+
+def test_the_request_command_is_read_as_pynetdicom_wrote_it() -> None:
+    request = C_STORE()
+    request.MessageID = 513
+    request.AffectedSOPClassUID = SOP_CLASS
+    request.AffectedSOPInstanceUID = SOP_UID
+    request.Priority = 2
+    request.MoveOriginatorApplicationEntityTitle = "ORIGIN"
+    request.MoveOriginatorMessageID = 3
+    request.DataSet = io.BytesIO(b"\x08\x00\x16\x00")  # "a data set follows"
+    pdu = _pynetdicom_command(request)
+    body = memoryview(pdu)[6:]
+    [(context_id, control, start, stop)] = suboperations._items(body)
+    assert (context_id, control) == (5, 0x03)
+    command = suboperations._command(body[start:stop])
+    assert command is not None
+    assert suboperations._us(command[0x0100]) == 0x0001 and suboperations._us(command[0x0110]) == 513
+    assert suboperations._uid(command[0x0002]) == SOP_CLASS and suboperations._uid(command[0x1000]) == SOP_UID
+    assert suboperations._us(command[0x0800]) != 0x0101
+
+
+@pytest.mark.parametrize("sop_uid", [SOP_UID, SOP_UID + "4", "1.2.3"])
+def test_the_file_meta_is_what_pynetdicom_writes(sop_uid: str) -> None:
+    theirs = io.BytesIO()
+    write_file_meta_info(theirs, create_file_meta(sop_class_uid=UID(SOP_CLASS), sop_instance_uid=UID(sop_uid),
+                                                  transfer_syntax=ExplicitVRLittleEndian))  # fmt: skip
+    assert suboperations.file_meta(SOP_CLASS, sop_uid, str(ExplicitVRLittleEndian)) == theirs.getvalue()
+
+
+@pytest.mark.parametrize("body", [b"", b"\x00\x00\x00\x01\x05", b"\x00\x00\x00\x09\x05\x03abc"])
+def test_malformed_pdvs_are_left_to_pynetdicom(body: bytes) -> None:
+    assert suboperations._items(memoryview(body)) == []
+
+
+def test_uids_are_checked() -> None:
+    for bad in (b"", b"1.2.x", b"1." * 40):
+        with pytest.raises(ValueError):
+            suboperations._uid(bad)
+    assert suboperations._uid(b"1.2.3\x00") == "1.2.3"
+
+
+# --- a real C-GET ------------------------------------------------------------------------------
+
+
+class _Trail:
+    def record(self, event: AuditEvent) -> None:
+        pass
+
+
+@pytest.fixture
+def intake(tmp_path: Path) -> Iterator[InstanceIntake]:
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'index.db'}")
+    db.upgrade(engine)
+    store = InstanceStore(tmp_path / "data")
+    receive_into(store.incoming)
+    yield InstanceIntake(store, IndexRepository(engine), _Trail(), "https://box/dicom-web")
+    engine.dispose()
+
+
+def _get_provider(files: list[Path]) -> Any:
+    def handle_get(event: Any) -> Iterator[Any]:
+        yield len(files)
+        for path in files:
+            yield 0xFF00, dcmread(path)
+
+    scp = AE(ae_title="PACS")
+    scp.add_supported_context(StudyRootQueryRetrieveInformationModelGet)
+    scp.add_supported_context(CTImageStorage, ExplicitVRLittleEndian, scu_role=True, scp_role=True)
+    return scp.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_GET, handle_get)])
+
+
+def _retrieve(intake: InstanceIntake, files: list[Path], short_path: bool) -> tuple[list[Admitted], Any, int]:
+    configure_pynetdicom()
+    server = _get_provider(files)
+    admitted: list[Admitted] = []
+    try:
+        scu = AE(ae_title="DRIMBOX")
+        scu.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+        scu.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+        with Admissions(intake, "pacs", admitted.append) as admissions:
+            assoc = scu.associate(
+                "127.0.0.1",
+                server.server_address[1],
+                ae_title="PACS",
+                ext_neg=[build_role(CTImageStorage, scp_role=True)],
+                evt_handlers=[(evt.EVT_C_STORE, admissions.handle)],
+            )
+            assert assoc.is_established
+            receiver = suboperations.SubOperations(assoc, admissions, intake.store.incoming)
+            if not short_path:
+                receiver._contexts.clear()  # no context it may take: every C-STORE goes to pynetdicom
+            receiver.attach(assoc)
+            query = dcmread(files[0], stop_before_pixels=True)
+            identifier = Dataset()
+            identifier.QueryRetrieveLevel = "STUDY"
+            identifier.StudyInstanceUID = query.StudyInstanceUID
+            responses = list(assoc.send_c_get(identifier, StudyRootQueryRetrieveInformationModelGet))
+            assoc.release()
+            receiver.abandon()
+    finally:
+        server.shutdown()
+    final = responses[-1][0]
+    return admitted, final, receiver.handled
+
+
+@pytest.mark.parametrize("short_path", [True, False])
+def test_a_real_cget_lands_every_instance_intact(intake: InstanceIntake, tmp_path: Path, short_path: bool) -> None:
+    files = write_study(StudySpec(series=[(CT, "CT", 6)], rows=200, columns=200), tmp_path / "src")
+    admitted, final, handled = _retrieve(intake, files, short_path)
+    assert final.Status == 0x0000 and final.NumberOfCompletedSuboperations == 6  # the PACS saw 6 successes
+    assert handled == (6 if short_path else 0)
+    assert sorted(a.sop_uid for a in admitted) == sorted(p.stem for p in files)
+    for item in admitted:
+        ours, source = dcmread(item.path), dcmread(tmp_path / "src" / f"{item.sop_uid}.dcm")
+        assert ours.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+        assert ours.file_meta.MediaStorageSOPInstanceUID == item.sop_uid
+        assert ours.PixelData == source.PixelData and ours.PatientName == source.PatientName
+    assert list(intake.store.incoming.iterdir()) == []
+
+
+def test_a_transfer_broken_off_leaves_no_partial_file(intake: InstanceIntake, tmp_path: Path) -> None:
+    """Command taken, then the association ends: abandon() removes the partial file."""
+    admissions = Admissions(intake, "pacs", lambda _a: None)
+    fake = type("Assoc", (), {"acceptor": type("A", (), {"ae_title": "PACS"})(), "accepted_contexts": []})()
+    receiver = suboperations.SubOperations(fake, admissions, intake.store.incoming)
+    receiver._contexts[1] = (SOP_CLASS, str(ExplicitVRLittleEndian))
+    request = C_STORE()
+    request.MessageID = 1
+    request.AffectedSOPClassUID = SOP_CLASS
+    request.AffectedSOPInstanceUID = SOP_UID
+    request.Priority = 2
+    request.DataSet = io.BytesIO(b"\x08\x00\x16\x00")
+    command = _pynetdicom_command(request, context_id=1)
+    assert receiver.take(None, memoryview(command)[6:])
+    data = struct.pack(">LBB", 1 + 2, 1, 0x00) + b"x"  # a non-final data-set fragment
+    assert receiver.take(None, memoryview(data))
+    assert receiver.receiving and len(list(intake.store.incoming.iterdir())) == 1
+    receiver.abandon()
+    assert not receiver.receiving and list(intake.store.incoming.iterdir()) == []
