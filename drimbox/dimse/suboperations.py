@@ -6,17 +6,20 @@ of the data itself (PDU and PDV objects, the state machine, the DIMSE decoder, t
 queue, the event machinery, UID validation in every primitive setter, the response's encoding):
 for a CT of 500 slices, longer than the transfer. fragments.py already writes the data-set
 fragments straight to the file; here, on a C-GET association that asked for it, the reactor
-thread also takes the command, writes the file meta exactly as pynetdicom's chunked receive
-does (pydicom's `write_file_meta_info`), queues the complete file to the retrieval's
+thread also takes the command, writes the same file meta bytes as pynetdicom's chunked
+receive (its `create_file_meta` through pydicom's `write_file_meta_info`), queues the complete file to the retrieval's
 Admissions and sends the C-STORE-RSP (Success, as Admissions' handler would answer) itself.
+The PACS's pending C-GET responses between instances (progress counts; the final response
+repeats them) are read and dropped here too: our C-GET loop ignores them anyway.
 
 Only the plain case takes this path: a P-DATA-TF PDU in Sta6 with nothing queued before it,
 a whole C-STORE-RQ command in one PDV with a data set to follow on a context we accepted as SCP
-for that SOP class, then that data set's fragments. Anything else (a C-GET-RSP, a fragmented
-command, an unknown context, a malformed PDV) goes to pynetdicom untouched, before this path
-acts on any of it; pynetdicom's own C-STORE handling (with the same Admissions handler) stays
-the fallback. A command set is Implicit VR Little Endian by definition (PS3.7 §6.3.1); the
-tests check both directions against pynetdicom's own encoder and decoder.
+for that SOP class, then that data set's fragments (and pending C-GET-RSPs). Anything else
+(the final C-GET-RSP, a fragmented command, an unknown context, a malformed PDV) goes to
+pynetdicom untouched, before this path acts on any of it; pynetdicom's own C-STORE handling
+(with the same Admissions handler) stays the fallback. A command set is Implicit VR Little
+Endian by definition (PS3.7 §6.3.1); the tests check both directions against pynetdicom's own
+encoder and decoder.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ log = logging.getLogger(__name__)
 
 _C_STORE_RQ = 0x0001
 _C_STORE_RSP = 0x8001
+_C_GET_RSP = 0x8010
 _NO_DATA_SET = 0x0101
 _ELEMENT = struct.Struct("<HHL")
 _ITEM = struct.Struct(">LBB")
@@ -46,6 +50,7 @@ _SOP_CLASS = 0x0002
 _COMMAND_FIELD = 0x0100
 _MESSAGE_ID = 0x0110
 _DATA_SET_TYPE = 0x0800
+_STATUS = 0x0900
 _SOP_INSTANCE = 0x1000
 
 
@@ -75,6 +80,7 @@ class SubOperations:
         }
         self._transfer: _Transfer | None = None
         self.handled = 0
+        self.pending = 0
 
     def attach(self, assoc: Any) -> None:
         """From now on the association's reactor offers its P-DATA-TF PDUs here first."""
@@ -94,7 +100,12 @@ class SubOperations:
             if control & 0x03 != 0x03:  # not a whole command
                 return False
             command = _command(body[start:stop])
-            if command is None or not self._starts(command, context_id):
+            if command is None:
+                return False
+            if not rest and _pending_get_response(command):
+                self.pending += 1
+                return True
+            if not self._starts(command, context_id):
                 return False
             if not all(cx == context_id and not ctl & 0x01 for cx, ctl, _, _ in rest):
                 return False
@@ -151,6 +162,19 @@ class SubOperations:
         answer = response_pdu(transfer.context_id, transfer.message_id, transfer.sop_class_uid, transfer.sop_uid)
         dul.socket.send(answer)
         self.handled += 1
+
+
+def _pending_get_response(command: dict[int, bytes]) -> bool:
+    """A pending C-GET-RSP without identifier: progress counts nobody reads (the final response has
+    them all), which through pynetdicom cost as much as the C-STORE they follow."""
+    try:
+        return (
+            _us(command[_COMMAND_FIELD]) == _C_GET_RSP
+            and _us(command[_STATUS]) in (0xFF00, 0xFF01)
+            and _us(command[_DATA_SET_TYPE]) == _NO_DATA_SET
+        )
+    except (KeyError, struct.error):
+        return False
 
 
 def response_pdu(context_id: int, message_id: int, sop_class_uid: str, sop_uid: str, status: int = 0) -> bytes:

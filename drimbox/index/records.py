@@ -79,6 +79,36 @@ class PatientRecord:
         return json.dumps(list(self.other_ids), ensure_ascii=False)
 
 
+#: Every attribute StudyRecord.from_dataset reads (with its PatientRecord's), and SeriesRecord's:
+#: the intake reuses a record for the next instances whose values of these are the same bytes.
+STUDY_KEYWORDS = (
+    "StudyInstanceUID",
+    "PatientID",
+    "IssuerOfPatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "PatientSex",
+    "OtherPatientIDsSequence",
+    "StudyDate",
+    "StudyTime",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDescription",
+    "ReferringPhysicianName",
+    "ModalitiesInStudy",
+    "NumberOfStudyRelatedSeries",
+    "NumberOfStudyRelatedInstances",
+)
+SERIES_KEYWORDS = (
+    "SeriesInstanceUID",
+    "Modality",
+    "SeriesNumber",
+    "SeriesDescription",
+    "BodyPartExamined",
+    "NumberOfSeriesRelatedInstances",
+)
+
+
 @dataclass(frozen=True)
 class StudyRecord:
     study_uid: str

@@ -93,3 +93,18 @@ def test_a_failing_listener_does_not_stop_the_queue(intake: InstanceIntake, tmp_
             admissions.handle(_received(intake, source))
     assert seen == [p.stem for p in sources]
     assert admissions.failures == [f"{sources[0].stem}: RuntimeError: reader gone"]
+
+
+def test_records_are_reused_only_for_the_same_bytes(intake: InstanceIntake, tmp_path: Path) -> None:
+    """The study and series records of a series' next instances come from a memo keyed by bytes."""
+    from drimbox.store.intake import _entry
+
+    first, second, third = write_study(StudySpec(series=[(CT, "CT", 3)]), tmp_path / "src")
+    ds = dcmread(third)
+    ds.PatientName = "MARTIN^Zoé"
+    ds.save_as(third)
+    entries = [_entry(intake.store.inspect(path), tmp_path / "x.dcm") for path in (first, second, third)]
+    assert entries[1].study is entries[0].study and entries[1].series is entries[0].series
+    assert entries[2].study is not entries[0].study and entries[2].series is entries[0].series
+    assert entries[2].study.patient.name == "MARTIN^Zoé" and entries[0].study.patient.name == "DUPRÉ^Hélène"
+    assert [e.instance.sop_uid for e in entries] == [first.stem, second.stem, third.stem]

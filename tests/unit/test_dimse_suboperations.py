@@ -18,8 +18,8 @@ from pydicom.dataset import Dataset
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID, ExplicitVRLittleEndian
 from pynetdicom import AE, build_role, evt
-from pynetdicom.dimse_messages import C_STORE_RQ, C_STORE_RSP
-from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dimse_messages import C_GET_RSP, C_STORE_RQ, C_STORE_RSP
+from pynetdicom.dimse_primitives import C_GET, C_STORE
 from pynetdicom.dsutils import create_file_meta
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformationModelGet  # type: ignore[attr-defined]
@@ -39,9 +39,12 @@ SOP_CLASS = "1.2.840.10008.5.1.4.1.1.2"
 SOP_UID = "1.2.826.0.1.3680043.8.498.12345678901234567890123"  # odd length: padded
 
 
-def _pynetdicom_command(primitive: C_STORE, context_id: int = 5) -> bytes:
+def _pynetdicom_command(primitive: C_STORE | C_GET, context_id: int = 5) -> bytes:
     """The P-DATA-TF PDU pynetdicom itself sends for `primitive`'s command."""
-    message = (C_STORE_RSP if primitive.Status is not None else C_STORE_RQ)()
+    if isinstance(primitive, C_GET):
+        message: Any = C_GET_RSP()
+    else:
+        message = (C_STORE_RSP if primitive.Status is not None else C_STORE_RQ)()
     message.primitive_to_message(primitive)
     [p_data, *_] = list(message.encode_msg(context_id, 16384))
     pdu = P_DATA_TF()
@@ -87,6 +90,23 @@ def test_the_file_meta_is_what_pynetdicom_writes(sop_uid: str) -> None:
     assert suboperations.file_meta(SOP_CLASS, sop_uid, str(ExplicitVRLittleEndian)) == theirs.getvalue()
 
 
+@pytest.mark.parametrize("status", [0xFF00, 0x0000, 0xB000, 0xA701])
+def test_only_pending_get_responses_are_dropped(status: int) -> None:
+    """Progress counts between instances are read and dropped; the final response is pynetdicom's."""
+    response = C_GET()
+    response.MessageIDBeingRespondedTo = 1
+    response.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.2.2.3"
+    response.Status = status
+    response.NumberOfRemainingSuboperations = 3 if status == 0xFF00 else None
+    response.NumberOfCompletedSuboperations = 2
+    response.NumberOfFailedSuboperations = 0
+    response.NumberOfWarningSuboperations = 0
+    fake = type("Assoc", (), {"acceptor": type("A", (), {"ae_title": "PACS"})(), "accepted_contexts": []})()
+    receiver = suboperations.SubOperations(fake, None, Path("/nonexistent"))  # type: ignore[arg-type]
+    taken = receiver.take(None, memoryview(_pynetdicom_command(response, context_id=1))[6:])
+    assert (taken, receiver.pending) == ((True, 1) if status == 0xFF00 else (False, 0))
+
+
 @pytest.mark.parametrize("body", [b"", b"\x00\x00\x00\x01\x05", b"\x00\x00\x00\x09\x05\x03abc"])
 def test_malformed_pdvs_are_left_to_pynetdicom(body: bytes) -> None:
     assert suboperations._items(memoryview(body)) == []
@@ -129,7 +149,9 @@ def _get_provider(files: list[Path]) -> Any:
     return scp.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_GET, handle_get)])
 
 
-def _retrieve(intake: InstanceIntake, files: list[Path], short_path: bool) -> tuple[list[Admitted], Any, int]:
+def _retrieve(
+    intake: InstanceIntake, files: list[Path], short_path: bool
+) -> tuple[list[Admitted], Any, suboperations.SubOperations]:
     configure_pynetdicom()
     server = _get_provider(files)
     admitted: list[Admitted] = []
@@ -147,9 +169,8 @@ def _retrieve(intake: InstanceIntake, files: list[Path], short_path: bool) -> tu
             )
             assert assoc.is_established
             receiver = suboperations.SubOperations(assoc, admissions, intake.store.incoming)
-            if not short_path:
-                receiver._contexts.clear()  # no context it may take: every C-STORE goes to pynetdicom
-            receiver.attach(assoc)
+            if short_path:  # else every message goes through pynetdicom, to the same Admissions
+                receiver.attach(assoc)
             query = dcmread(files[0], stop_before_pixels=True)
             identifier = Dataset()
             identifier.QueryRetrieveLevel = "STUDY"
@@ -160,15 +181,16 @@ def _retrieve(intake: InstanceIntake, files: list[Path], short_path: bool) -> tu
     finally:
         server.shutdown()
     final = responses[-1][0]
-    return admitted, final, receiver.handled
+    return admitted, final, receiver
 
 
 @pytest.mark.parametrize("short_path", [True, False])
 def test_a_real_cget_lands_every_instance_intact(intake: InstanceIntake, tmp_path: Path, short_path: bool) -> None:
     files = write_study(StudySpec(series=[(CT, "CT", 6)], rows=200, columns=200), tmp_path / "src")
-    admitted, final, handled = _retrieve(intake, files, short_path)
+    admitted, final, receiver = _retrieve(intake, files, short_path)
     assert final.Status == 0x0000 and final.NumberOfCompletedSuboperations == 6  # the PACS saw 6 successes
-    assert handled == (6 if short_path else 0)
+    assert receiver.handled == (6 if short_path else 0)
+    assert receiver.pending == (6 if short_path else 0)  # pynetdicom's provider: one pending response each
     assert sorted(a.sop_uid for a in admitted) == sorted(p.stem for p in files)
     for item in admitted:
         ours, source = dcmread(item.path), dcmread(tmp_path / "src" / f"{item.sop_uid}.dcm")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -83,3 +86,28 @@ def test_transfer_syntax_preferences_never_choose_lossy_first() -> None:
     assert not set(retrieve_syntaxes([])) & set(LOSSY)
     stored_lossy = retrieve_syntaxes(["1.2.840.10008.1.2.4.50"])
     assert stored_lossy[0] == "1.2.840.10008.1.2.4.50"
+
+
+def test_record_keywords_list_everything_the_records_read(tmp_path: Path) -> None:
+    """The intake reuses study and series records keyed by the bytes of these attributes: one
+    read and not listed would let a record of another instance stand for this one."""
+    from pydicom import dcmread
+
+    from drimbox.index.records import SERIES_KEYWORDS, STUDY_KEYWORDS
+    from tests.support.datasets import CT, StudySpec, write_study
+
+    read: list[str] = []
+
+    class Spy(Dataset):
+        def get(self, key: Any, default: Any = None) -> Any:
+            read.append(str(key))
+            return super().get(key, default)
+
+    [source] = write_study(StudySpec(series=[(CT, "CT", 1)]), tmp_path)
+    spy = Spy(dcmread(source))
+    StudyRecord.from_dataset(spy)
+    charset = {"(0008,0005)"}  # pydicom's own look-up of SpecificCharacterSet, part of both keys
+    assert read and set(read) - charset <= set(STUDY_KEYWORDS)
+    read.clear()
+    SeriesRecord.from_dataset(spy)
+    assert read and set(read) - charset <= set(SERIES_KEYWORDS)
