@@ -13,6 +13,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -36,9 +37,11 @@ _NATIVE_SYNTAXES = frozenset(
 _SUFFIX = ".meta.gz"
 _SPECIFIC_CHARACTER_SET = BaseTag(0x00080005)
 _AMBIGUOUS = frozenset({"US or SS", "OB or OW", "US or OW", "US or SS or OW"})
-_MEMO: dict[tuple[object, ...], str] = {}
-_MEMO_ENTRIES = 16384
+_MEMO: dict[tuple[object, ...], str] = {}  # in use order: least recently used first
+_MEMO_LOCK = threading.Lock()
+_MEMO_ENTRIES = 8192
 _MEMO_VALUE_BYTES = 256
+_MEMO_SEQUENCE_BYTES = 1024  # (at most ~8192 × 3 KiB with its JSON)
 
 Element = DataElement | RawDataElement
 
@@ -88,13 +91,16 @@ def _element_text(ds: Dataset, raw: Element, tag: BaseTag, vr: str, charset: obj
     acquisition): converting each value with pydicom and encoding it again cost ~2 ms of every
     CT slice received. The memo is keyed by everything the JSON depends on (tag, VR, byte order,
     raw bytes, character set) and holds only short values whose meaning does not depend on other
-    elements (no sequence, no private or ambiguous VR).
+    elements: no private or ambiguous VR, and sequences only in explicit VR (where every nested
+    element carries its own VR). Least recently used entries go first.
     """
     memo_key = _memo_key(raw, tag, vr, charset)
     if memo_key is not None:
-        text = _MEMO.get(memo_key)
-        if text is not None:
-            return text
+        with _MEMO_LOCK:
+            text = _MEMO.pop(memo_key, None)
+            if text is not None:
+                _MEMO[memo_key] = text  # now the most recently used
+                return text
     try:
         text = json.dumps(ds[tag].to_json_dict(None, BULK_THRESHOLD * 64), separators=(",", ":"), ensure_ascii=False)
     except Exception as exc:  # a malformed value must not cost the instance its metadata
@@ -102,16 +108,22 @@ def _element_text(ds: Dataset, raw: Element, tag: BaseTag, vr: str, charset: obj
         log.warning("unencodable element", extra={"event": "metadata.element", "tag": key, "reason": str(exc)})
         return json.dumps({"vr": vr})
     if memo_key is not None:
-        if len(_MEMO) >= _MEMO_ENTRIES:
-            _MEMO.clear()
-        _MEMO[memo_key] = text
+        with _MEMO_LOCK:
+            if len(_MEMO) >= _MEMO_ENTRIES:
+                del _MEMO[next(iter(_MEMO))]
+            _MEMO[memo_key] = text
     return text
 
 
 def _memo_key(raw: Element, tag: BaseTag, vr: str, charset: object) -> tuple[object, ...] | None:
-    if not isinstance(raw, RawDataElement) or raw.value is None or len(raw.value) > _MEMO_VALUE_BYTES:
+    if not isinstance(raw, RawDataElement) or raw.value is None:
         return None
-    if vr in ("SQ", "UN") or tag.group & 1 or (raw.VR or _dictionary_vr(tag)) in _AMBIGUOUS:
+    if vr == "SQ":
+        if raw.is_implicit_VR or len(raw.value) > _MEMO_SEQUENCE_BYTES:
+            return None
+    elif len(raw.value) > _MEMO_VALUE_BYTES or vr == "UN" or (raw.VR or _dictionary_vr(tag)) in _AMBIGUOUS:
+        return None
+    if tag.group & 1:
         return None
     return (int(tag), vr, raw.is_little_endian, raw.is_implicit_VR, raw.value, charset)
 

@@ -82,10 +82,21 @@ def test_metadata_from_the_memo_is_what_pydicom_gives(tmp_path: Path) -> None:
     import json
 
     from pydicom import dcmread
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
 
     from drimbox.store import metadata
 
     sources = write_study(StudySpec(series=[(CT, "CT", 3)]), tmp_path / "src")
+    for number, source in enumerate(sources):  # a sequence shared by the series, one of each instance's own
+        ds = dcmread(source)
+        code = Dataset()
+        code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "RPID16", "RADLEX", "CT Thorax"
+        ds.ProcedureCodeSequence = Sequence([code])
+        source_image = Dataset()
+        source_image.ReferencedSOPInstanceUID = f"1.2.3.{number}"
+        ds.SourceImageSequence = Sequence([source_image])
+        ds.save_as(source)
     store = InstanceStore(tmp_path / "data")
     metadata._MEMO.clear()
     for source in sources:
@@ -99,6 +110,8 @@ def test_metadata_from_the_memo_is_what_pydicom_gives(tmp_path: Path) -> None:
             elif "BulkDataURI" not in theirs[key]:
                 assert value == theirs[key], key
     assert len(metadata._MEMO) > 20  # patient, study, equipment... encoded once, reused twice
+    sequences = [key for key in metadata._MEMO if key[1] == "SQ"]
+    assert len(sequences) == 5  # the shared ones once (procedure, other patient IDs), each instance's own
 
 
 def test_metadata_memo_keeps_character_sets_apart(tmp_path: Path) -> None:
