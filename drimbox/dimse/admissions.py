@@ -25,13 +25,15 @@ from typing import Any
 from drimbox.dimse.connection import ReceivedFile
 from drimbox.dimse.storage import Admitted, Listener
 from drimbox.errors import DrimboxError
-from drimbox.store.intake import InstanceIntake
+from drimbox.store.intake import CheckedFile, InstanceIntake
 
 log = logging.getLogger(__name__)
 
 #: Received files waiting for admission before the association waits too (files in incoming/,
 #: not memory: each entry is a path).
 _DEPTH = 32
+#: Instances admitted together (one index transaction) when that many are waiting.
+_BATCH = 32
 STATUS_SUCCESS = 0x0000
 
 
@@ -80,24 +82,52 @@ class Admissions:
         self._pending.put(_Received(path, sender, sop_uid, sop_class_uid))
 
     def _run(self) -> None:
-        while (received := self._pending.get()) is not None:
-            self._admit(received)
+        while True:
+            first = self._pending.get()
+            if first is None:
+                return
+            batch, ended = [first], False
+            while len(batch) < _BATCH:  # what else is waiting: admitted in one index transaction
+                try:
+                    item = self._pending.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    ended = True
+                    break
+                batch.append(item)
+            self._admit(batch)
+            if ended:
+                return
 
-    def _admit(self, received: _Received) -> None:
+    def _admit(self, batch: list[_Received]) -> None:
+        checked: list[tuple[_Received, CheckedFile]] = []
+        for received in batch:
+            try:
+                checked.append((received, self._check(received)))
+            except Exception as exc:
+                self._failed(received, exc)
         try:
-            entry = self._intake.admit(
-                received.path,
-                sender=received.sender,
-                peer=self._peer,
-                expected_sop_uid=received.sop_uid,
-                expected_sop_class_uid=received.sop_class_uid,
-                audited=False,  # the retrieval's study.retrieved record stands for its instances
-            )
-            self._listener(Admitted.of(entry))
-        except DrimboxError as exc:
-            received.path.unlink(missing_ok=True)
-            self.failures.append(f"{received.sop_uid}: {exc}")
+            entries = self._intake.place([item for _, item in checked], sender=batch[0].sender, peer=self._peer,
+                                         audited=False)  # fmt: skip  # the retrieval's study.retrieved record
         except Exception as exc:
-            received.path.unlink(missing_ok=True)
-            log.exception("instance not admitted", extra={"event": "cstore.error", "peer": self._peer})
-            self.failures.append(f"{received.sop_uid}: {exc.__class__.__name__}: {exc}")
+            for received, _ in checked:
+                self._failed(received, exc)
+            return
+        for (received, _), entry in zip(checked, entries, strict=True):
+            try:
+                self._listener(Admitted.of(entry))
+            except Exception as exc:
+                self._failed(received, exc)
+
+    def _check(self, received: _Received) -> CheckedFile:
+        return self._intake.check(received.path, sender=received.sender, expected_sop_uid=received.sop_uid,
+                                  expected_sop_class_uid=received.sop_class_uid)  # fmt: skip
+
+    def _failed(self, received: _Received, exc: Exception) -> None:
+        received.path.unlink(missing_ok=True)
+        if isinstance(exc, DrimboxError):
+            self.failures.append(f"{received.sop_uid}: {exc}")
+            return
+        log.error("instance not admitted", exc_info=exc, extra={"event": "cstore.error", "peer": self._peer})
+        self.failures.append(f"{received.sop_uid}: {exc.__class__.__name__}: {exc}")

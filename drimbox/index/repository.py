@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -168,6 +168,32 @@ class IndexRepository:
         if len(self._known_series) > 4096:
             self._known_series.clear()
         self._known_series.add(entry.series.series_uid)
+
+    def record_stored_many(self, entries: Sequence[InstanceEntry], peer: str = "") -> None:
+        """`record_stored` for several files, in order: the instances of series already known go
+        in one transaction (one multi-row statement) instead of one each."""
+        known: list[InstanceEntry] = []
+        for entry in entries:
+            if entry.series.series_uid in self._known_series:
+                known.append(entry)
+                continue
+            self._record_known(known, peer)
+            known = []
+            self.record_stored(entry, peer)
+        self._record_known(known, peer)
+
+    def _record_known(self, entries: list[InstanceEntry], peer: str) -> None:
+        if not entries:
+            return
+        try:
+            with self._write_lock, self.engine.begin() as conn:
+                statement = _stored_instance_statement(self.engine.dialect.name)
+                conn.execute(statement, [_stored_instance_values(entry) for entry in entries])
+        except IntegrityError:  # a series row was removed meanwhile: one by one, full path where needed
+            for entry in entries:
+                self._known_series.discard(entry.series.series_uid)
+            for entry in entries:
+                self.record_stored(entry, peer)
 
     def remove_missing_series(self, study_uid: str, present: set[str]) -> list[str]:
         """Drop series the PACS no longer has; return the files they held."""

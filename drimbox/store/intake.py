@@ -9,7 +9,8 @@ never points at a file that is not complete.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -93,6 +94,16 @@ def _raw_key(elements: Mapping[BaseTag, object], tags: tuple[BaseTag, ...]) -> t
     return tuple(key)
 
 
+@dataclass(frozen=True)
+class CheckedFile:
+    """A received file proven complete and valid, with its place in the store and its index entry."""
+
+    received: Path
+    inspected: InspectedFile
+    final: Path
+    entry: InstanceEntry
+
+
 class InstanceIntake:
     """Admits received instance files into the store and the index."""
 
@@ -120,6 +131,21 @@ class InstanceIntake:
         the whole study (`study.retrieved`, with its counts) instead of one per instance, which
         cost more than a millisecond of each C-STORE. A refused instance is always recorded.
         """
+        checked = self.check(
+            received, sender=sender, expected_sop_uid=expected_sop_uid, expected_sop_class_uid=expected_sop_class_uid
+        )
+        [entry] = self.place([checked], sender=sender, peer=peer, audited=audited)
+        return entry
+
+    def check(
+        self,
+        received: Path,
+        *,
+        sender: str,
+        expected_sop_uid: str | None = None,
+        expected_sop_class_uid: str | None = None,
+    ) -> CheckedFile:
+        """Read and check a received file and build its index entry; raise InvalidInstance (file removed)."""
         try:
             inspected = self.store.inspect(received)
             if expected_sop_uid and inspected.sop_uid != expected_sop_uid:
@@ -131,38 +157,57 @@ class InstanceIntake:
                     f"SOPClassUID {inspected.sop_class_uid} differs from the request's {expected_sop_class_uid}"
                 )
             final = self.store.path_for(inspected.study_uid, inspected.series_uid, inspected.sop_uid)
-            entry = _entry(inspected, final)
+            return CheckedFile(received, inspected, final, _entry(inspected, final))
         except InvalidInstance as exc:
             received.unlink(missing_ok=True)
             log.warning("instance refused", extra={"event": "instance.refused", "peer": sender, "reason": str(exc)})
             self.audit.record(AuditEvent("instance.stored", sender, "failure", detail={"reason": str(exc)}))
             raise
-        replacing = final.exists()
-        self.store.admit(received, inspected)
-        inspected.dataset.filename = str(final)  # values pydicom deferred are now read from here
-        if replacing:  # offsets of the previous copy no longer hold
-            final.with_suffix(".frames.json").unlink(missing_ok=True)
+
+    def place(
+        self, batch: Sequence[CheckedFile], *, sender: str, peer: str = "", audited: bool = True
+    ) -> list[InstanceEntry]:
+        """Move checked files into the store and index them, all in one index transaction.
+
+        All or nothing: if placing or indexing fails, no new file of the batch stays (a file that
+        replaced an earlier copy of its instance is complete, and still what the index points at).
+        A batch is what a retrieval's admissions found waiting: one transaction for up to 32
+        instances instead of one each (~0.5 ms of SQLAlchemy and SQLite per instance).
+        """
+        placed: list[tuple[CheckedFile, bool]] = []
         try:
-            self.index.record_stored(entry, peer)
+            for item in batch:
+                replacing = item.final.exists()
+                self.store.admit(item.received, item.inspected)
+                placed.append((item, replacing))
+            self.index.record_stored_many([item.entry for item in batch], peer)
         except BaseException:
-            # A new file the index does not know must go; a replaced one is still a complete copy
-            # of the instance the index points at, so it stays.
-            if not replacing:
-                final.unlink(missing_ok=True)
+            for item, replacing in placed:
+                if not replacing:
+                    item.final.unlink(missing_ok=True)
+            for item in batch[len(placed) :]:
+                item.received.unlink(missing_ok=True)
             raise
-        self._describe(final, inspected)
-        if not audited:
-            return entry
+        for item, replacing in placed:
+            item.inspected.dataset.filename = str(item.final)  # values pydicom deferred are now read from here
+            if replacing:  # offsets of the previous copy no longer hold
+                item.final.with_suffix(".frames.json").unlink(missing_ok=True)
+            self._describe(item.final, item.inspected)
+            if audited:
+                self._audit_stored(item, sender)
+        return [item.entry for item in batch]
+
+    def _audit_stored(self, item: CheckedFile, sender: str) -> None:
+        entry = item.entry
         self.audit.record(
             AuditEvent(
                 "instance.stored",
                 sender,
                 patient_id=entry.study.patient.patient_id,
                 study_uid=entry.study.study_uid,
-                detail={"sop_uid": entry.instance.sop_uid, "bytes": inspected.size},
+                detail={"sop_uid": entry.instance.sop_uid, "bytes": item.inspected.size},
             )
         )
-        return entry
 
     def _describe(self, final: Path, inspected: InspectedFile) -> None:
         """Write the instance's WADO-RS metadata now, so no request ever parses the file for it.

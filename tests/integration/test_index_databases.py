@@ -134,3 +134,23 @@ def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
     engine.dispose()
+
+
+def test_stored_files_recorded_in_batches(index: IndexRepository) -> None:
+    """New series take the full path, the next instances of known series one multi-row statement;
+    a series removed meanwhile sends its batch back through the full path."""
+
+    def entry(series: str, number: int, path: str) -> InstanceEntry:
+        instance = InstanceRecord(f"{series}.{number}", MG, number, transfer_syntax_uid="1.2.840.10008.1.2.1")
+        return InstanceEntry(_study(1), SeriesRecord(series, modality="MG"), instance, StoredFile(path, 100 + number))
+
+    batch = [entry("1.2.3.1.1", 1, "/a1"), entry("1.2.3.1.1", 2, "/a2"), entry("1.2.3.1.2", 1, "/b1")]
+    batch += [entry("1.2.3.1.1", 3, "/a3"), entry("1.2.3.1.2", 2, "/b2")]
+    index.record_stored_many(batch, "main")
+    held = {h.sop_uid: h.size for h in index.held("1.2.3.1")}
+    assert held == {"1.2.3.1.1.1": 101, "1.2.3.1.1.2": 102, "1.2.3.1.2.1": 101, "1.2.3.1.1.3": 103, "1.2.3.1.2.2": 102}
+
+    index.remove_missing_series("1.2.3.1", {"1.2.3.1.1"})  # series .2 goes, the repository still thinks it known
+    index.record_stored_many([entry("1.2.3.1.2", 3, "/b3"), entry("1.2.3.1.1", 4, "/a4")], "main")
+    held = {h.sop_uid: h.size for h in index.held("1.2.3.1")}
+    assert held.keys() == {"1.2.3.1.1.1", "1.2.3.1.1.2", "1.2.3.1.1.3", "1.2.3.1.1.4", "1.2.3.1.2.3"}

@@ -108,3 +108,31 @@ def test_records_are_reused_only_for_the_same_bytes(intake: InstanceIntake, tmp_
     assert entries[2].study is not entries[0].study and entries[2].series is entries[0].series
     assert entries[2].study.patient.name == "MARTIN^Zoé" and entries[0].study.patient.name == "DUPRÉ^Hélène"
     assert [e.instance.sop_uid for e in entries] == [first.stem, second.stem, third.stem]
+
+
+def test_a_batch_the_index_refuses_leaves_no_file(
+    intake: InstanceIntake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Placed and indexed together, or none of the new files stays (nor the received ones)."""
+    sources = write_study(StudySpec(series=[(CT, "CT", 4)]), tmp_path / "src")
+
+    def refused(*_args: Any) -> None:
+        raise RuntimeError("database is locked")
+
+    monkeypatch.setattr(intake.index, "record_stored_many", refused)
+    admitted: list[Admitted] = []
+    with Admissions(intake, "pacs", admitted.append) as admissions:
+        for source in sources:
+            admissions.handle(_received(intake, source))
+    assert admitted == [] and len(admissions.failures) == 4
+    assert all("database is locked" in failure for failure in admissions.failures)
+    assert list(intake.store.root.rglob("*.dcm")) == [] and list(intake.store.incoming.iterdir()) == []
+
+
+def test_a_small_file_read_whole_still_defers_its_pixels(intake: InstanceIntake, tmp_path: Path) -> None:
+    """Parsed in memory, the pixel data stays deferred and is read from the file when asked for."""
+    [source] = write_study(StudySpec(series=[(CT, "CT", 1)], rows=128, columns=128), tmp_path / "src")
+    inspected = intake.store.inspect(source)
+    raw = inspected.elements[0x7FE00010]
+    assert raw.value is None  # deferred, not in memory
+    assert inspected.dataset.PixelData == dcmread(source).PixelData
