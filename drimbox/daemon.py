@@ -35,6 +35,7 @@ from drimbox.dicomweb.guard import kos_guard
 from drimbox.dicomweb.problems import Problem
 from drimbox.dicomweb.qido import qido_router
 from drimbox.dicomweb.wado import Wado, wado_router
+from drimbox.dimse.admissions import AdmissionProcess
 from drimbox.dimse.connection import PeerConnector
 from drimbox.dimse.indexer import IndexReport, PacsIndexer, Progress
 from drimbox.dimse.parallel import WorkerPool
@@ -214,7 +215,8 @@ def build_node(settings: Settings, *, retrieval_processes: bool = True) -> Node:
     scp = StoreServer(settings.dimse, core.storage, dict(settings.pacs), core.audit)
     processes = max((peer.retrieve_processes for peer in settings.pacs.values()), default=1)
     pool = WorkerPool(settings, build_worker_retriever, processes) if processes > 1 and retrieval_processes else None
-    retriever = Retriever(settings, core.connector, core.storage, core.index, core.audit, scp, pool)
+    admission = AdmissionProcess(settings, build_worker_retriever) if retrieval_processes else None
+    retriever = Retriever(settings, core.connector, core.storage, core.index, core.audit, scp, pool, admission)
     indexer = PacsIndexer(core.connector, core.index, core.store, core.audit)
     cache = StoreCache(core.index, core.store, settings.store.max_bytes)
     hub = RetrievalHub(retriever, after=cache.evict, stall_seconds=settings.dimse.idle_timeout * 2)

@@ -1,28 +1,40 @@
-"""A C-GET's instances admitted on a thread of their own, while the next ones arrive.
+"""A C-GET's instances admitted behind the association, while the next ones arrive.
 
 In a C-GET the PACS sends the next instance only once we have answered the C-STORE of the
 previous one. Admitting an instance (read and check its header, place it, index it, write its
-WADO-RS metadata) takes ~2 ms of a CT slice: done inside the C-STORE handler, the PACS waits
+WADO-RS metadata) takes ~1-2 ms of a CT slice: done inside the C-STORE handler, the PACS waits
 that long for every instance. Here the handler only closes the received file and queues it,
-then answers at once; one thread per retrieval admits the queue in order. Measured on a CT
-C-GET (500 × 0.5 MB from Orthanc): 3.4 s → 2.6 s.
+then answers at once; one thread per retrieval admits the queue in order, in batches of what is
+waiting (one index transaction each).
+
+With an AdmissionProcess (the daemon's large in-process retrievals) the batches are admitted in
+a process of their own: the receiving process then spends its one interpreter lock on the
+association alone, the other core does the admitting. Measured on a CT C-GET (500 × 0.5 MB from
+Orthanc, 2 cores shared with it): see bench/README.md.
 
 The price: the PACS is told "success" for an instance we may refuse a moment later (truncated,
 mismatching its request, disk full). Such an instance is counted as failed in the retrieval's
-own report, with its reason, as a failure status from us would have been counted by the PACS.
-Only our own retrievals work this way; a C-STORE pushed to our SCP is answered after admission.
+own report, as a failure status from us would have been counted by the PACS, and logged with its
+reason. Only our own retrievals work this way; a C-STORE pushed to our SCP is answered after
+admission.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
 import queue
 import threading
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from drimbox.config import Settings
 from drimbox.dimse.connection import ReceivedFile
+from drimbox.dimse.parallel import RetrieverFactory, exit_with_parent
 from drimbox.dimse.storage import Admitted, Listener
 from drimbox.errors import DrimboxError
 from drimbox.store.intake import CheckedFile, InstanceIntake
@@ -38,25 +50,73 @@ STATUS_SUCCESS = 0x0000
 
 
 @dataclass(frozen=True)
-class _Received:
+class Received:
+    """A complete data set file in incoming/, as the C-STORE request announced it."""
+
     path: Path
     sender: str
     sop_uid: str
     sop_class_uid: str
 
 
+def admit_batch(intake: InstanceIntake, peer: str, batch: list[Received]) -> list[Admitted | str]:
+    """Admit `batch` in one index transaction; per file, in order, what it became or why it was refused.
+
+    A refused file is removed from incoming/ (never left half-admitted).
+    """
+    outcomes: list[Admitted | str] = []
+    checked: list[tuple[int, Received, CheckedFile]] = []
+    for received in batch:
+        try:
+            item = intake.check(received.path, sender=received.sender, expected_sop_uid=received.sop_uid,
+                                expected_sop_class_uid=received.sop_class_uid)  # fmt: skip
+        except Exception as exc:
+            outcomes.append(_refused(received, exc, peer))
+            continue
+        checked.append((len(outcomes), received, item))
+        outcomes.append("")  # filled below
+    try:
+        entries = intake.place([item for _, _, item in checked], sender=batch[0].sender, peer=peer,
+                               audited=False)  # fmt: skip  # the retrieval's study.retrieved record
+    except Exception as exc:
+        for position, received, _ in checked:
+            outcomes[position] = _refused(received, exc, peer)
+        return outcomes
+    for (position, _, _), entry in zip(checked, entries, strict=True):
+        outcomes[position] = Admitted.of(entry)
+    return outcomes
+
+
+def _refused(received: Received, exc: Exception, peer: str) -> str:
+    received.path.unlink(missing_ok=True)
+    if not isinstance(exc, DrimboxError):
+        log.error("instance not admitted", exc_info=exc, extra={"event": "cstore.error", "peer": peer})
+        return f"{received.sop_uid}: {exc.__class__.__name__}: {exc}"
+    return f"{received.sop_uid}: {exc}"
+
+
 class Admissions:
     """The admission queue of one retrieval; use as a context manager (exit waits for the queue)."""
 
-    def __init__(self, intake: InstanceIntake, peer: str, listener: Listener, depth: int = _DEPTH) -> None:
+    def __init__(
+        self,
+        intake: InstanceIntake,
+        peer: str,
+        listener: Listener,
+        process: AdmissionProcess | None = None,
+        depth: int = _DEPTH,
+    ) -> None:
         self._intake = intake
         self._peer = peer
         self._listener = listener
-        self._pending: queue.Queue[_Received | None] = queue.Queue(maxsize=depth)
+        self._process = process
+        self._pending: queue.Queue[Received | None] = queue.Queue(maxsize=depth)
         self.failures: list[str] = []
         self._thread = threading.Thread(target=self._run, name=f"admit-{peer}", daemon=True)
 
     def __enter__(self) -> Admissions:
+        if self._process is not None:
+            self._process.warm()  # started while the association is being set up
         self._thread.start()
         return self
 
@@ -79,7 +139,7 @@ class Admissions:
 
     def submit(self, path: Path, sender: str, sop_uid: str, sop_class_uid: str) -> None:
         """Queue a complete received file; blocks while the queue is full (the PACS waits meanwhile)."""
-        self._pending.put(_Received(path, sender, sop_uid, sop_class_uid))
+        self._pending.put(Received(path, sender, sop_uid, sop_class_uid))
 
     def _run(self) -> None:
         while True:
@@ -87,7 +147,7 @@ class Admissions:
             if first is None:
                 return
             batch, ended = [first], False
-            while len(batch) < _BATCH:  # what else is waiting: admitted in one index transaction
+            while len(batch) < _BATCH:  # what else is waiting goes in the same batch
                 try:
                     item = self._pending.get_nowait()
                 except queue.Empty:
@@ -100,34 +160,83 @@ class Admissions:
             if ended:
                 return
 
-    def _admit(self, batch: list[_Received]) -> None:
-        checked: list[tuple[_Received, CheckedFile]] = []
-        for received in batch:
+    def _admit(self, batch: list[Received]) -> None:
+        outcomes = self._process.admit(self._peer, batch) if self._process is not None else None
+        if outcomes is None:
+            outcomes = admit_batch(self._intake, self._peer, batch)
+        for received, outcome in zip(batch, outcomes, strict=True):
+            if isinstance(outcome, str):
+                self.failures.append(outcome)
+                continue
             try:
-                checked.append((received, self._check(received)))
+                self._listener(outcome)
             except Exception as exc:
-                self._failed(received, exc)
+                log.error("listener failed", exc_info=exc, extra={"event": "cstore.listener", "peer": self._peer})
+                self.failures.append(f"{received.sop_uid}: {exc.__class__.__name__}: {exc}")
+
+
+class AdmissionProcess:
+    """One process admitting the batches of this process's C-GETs, started on first use and kept."""
+
+    def __init__(self, settings: Settings, factory: RetrieverFactory) -> None:
+        self.settings = settings
+        self.factory = factory
+        self._executor: ProcessPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def _pool(self) -> ProcessPoolExecutor:
+        with self._lock:
+            if self._executor is None:
+                self._executor = ProcessPoolExecutor(
+                    max_workers=1,
+                    mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_start_admitter,
+                    initargs=(self.settings, self.factory, os.getpid()),
+                )
+            return self._executor
+
+    def warm(self) -> None:
+        """Start the process now (it takes ~1 s to import), without waiting for it."""
         try:
-            entries = self._intake.place([item for _, item in checked], sender=batch[0].sender, peer=self._peer,
-                                         audited=False)  # fmt: skip  # the retrieval's study.retrieved record
-        except Exception as exc:
-            for received, _ in checked:
-                self._failed(received, exc)
-            return
-        for (received, _), entry in zip(checked, entries, strict=True):
-            try:
-                self._listener(Admitted.of(entry))
-            except Exception as exc:
-                self._failed(received, exc)
+            self._pool().submit(_ready)
+        except BrokenProcessPool:
+            self.close()
 
-    def _check(self, received: _Received) -> CheckedFile:
-        return self._intake.check(received.path, sender=received.sender, expected_sop_uid=received.sop_uid,
-                                  expected_sop_class_uid=received.sop_class_uid)  # fmt: skip
+    def admit(self, peer: str, batch: list[Received]) -> list[Admitted | str] | None:
+        """What admit_batch returns, computed in the process; None if the process cannot (the
+        caller then admits the batch itself: this process is a speed-up, never a reason to refuse)."""
+        try:
+            return self._pool().submit(_admit_here, peer, batch).result()
+        except BrokenProcessPool:
+            self.close()
+            reason = "stopped"
+        except Exception as exc:  # an admission's own errors are outcomes: this is the process failing
+            reason = f"{exc.__class__.__name__}: {exc}"
+        log.error("admission process unavailable", extra={"event": "cstore.admission_process", "reason": reason})
+        return None
 
-    def _failed(self, received: _Received, exc: Exception) -> None:
-        received.path.unlink(missing_ok=True)
-        if isinstance(exc, DrimboxError):
-            self.failures.append(f"{received.sop_uid}: {exc}")
-            return
-        log.error("instance not admitted", exc_info=exc, extra={"event": "cstore.error", "peer": self._peer})
-        self.failures.append(f"{received.sop_uid}: {exc.__class__.__name__}: {exc}")
+    def close(self) -> None:
+        with self._lock:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True, cancel_futures=True)
+                self._executor = None
+
+
+# --- inside the admission process -------------------------------------------------------
+
+_intake: InstanceIntake | None = None
+
+
+def _start_admitter(settings: Settings, factory: RetrieverFactory, parent: int) -> None:
+    global _intake
+    _intake = factory(settings).storage.intake
+    threading.Thread(target=exit_with_parent, args=(parent,), daemon=True).start()
+
+
+def _ready() -> bool:
+    return _intake is not None
+
+
+def _admit_here(peer: str, batch: list[Received]) -> list[Admitted | str]:
+    assert _intake is not None, "admission process not initialised"
+    return admit_batch(_intake, peer, batch)

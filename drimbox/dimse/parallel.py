@@ -153,10 +153,11 @@ def _start_worker(settings: Settings, factory: RetrieverFactory, arrivals: Any, 
     global _worker, _arrivals
     _worker = factory(settings)
     _arrivals = arrivals
-    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+    threading.Thread(target=exit_with_parent, args=(parent,), daemon=True).start()
 
 
-def _exit_with_parent(parent: int) -> None:
+def exit_with_parent(parent: int) -> None:
+    """A worker's watch: once the process that started it is gone, so is the worker."""
     while os.getppid() == parent:
         time.sleep(0.2)
     os._exit(1)

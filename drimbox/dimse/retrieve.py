@@ -22,7 +22,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import build_context, evt
 
 from drimbox.config import Settings
-from drimbox.dimse.admissions import Admissions
+from drimbox.dimse.admissions import AdmissionProcess, Admissions
 from drimbox.dimse.connection import PeerConnector
 from drimbox.dimse.contexts import COMMON_STORAGE_SOP_CLASSES, GET_MODEL, MOVE_MODEL, cget_storage_contexts
 from drimbox.dimse.find import PacsQuery
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 PENDING = (0xFF00, 0xFF01)
 WARNING = 0xB000
-#: Refused instances whose reasons a report lists (the count is always complete).
+#: Refused instances whose reasons are logged one by one (the count is always complete).
 _LISTED_FAILURES = 10
 
 
@@ -75,6 +75,7 @@ class Retriever:
         audit: AuditTrail,
         scp: StoreServer | None = None,
         pool: WorkerPool | None = None,
+        admission: AdmissionProcess | None = None,
     ) -> None:
         self.settings = settings
         self.connector = connector
@@ -83,6 +84,7 @@ class Retriever:
         self.audit = audit
         self.scp = scp
         self.pool = pool
+        self.admission = admission
 
     def peer_for(self, study_uid: str) -> str:
         """The peer the index says holds the study, or the only configured one."""
@@ -204,14 +206,26 @@ class Retriever:
         contexts, roles = cget_storage_contexts(sop_classes)
         contexts.insert(0, build_context(GET_MODEL))
 
-        admissions = Admissions(self.storage.intake, peer, admitted)
+        process = self.admission if self._large(peer, study_uid, series_uid, sop_uids) else None
+        admissions = Admissions(self.storage.intake, peer, admitted, process)
         try:
             with admissions:
                 self._cget_into(admissions, peer, contexts, roles, _identifier(study_uid, series_uid, sop_uids), report)
         finally:
             # Refused after the PACS was told "success" (admissions.py): failed all the same.
             report.failed += len(admissions.failures)
-            report.errors.extend(admissions.failures[:_LISTED_FAILURES])
+            for failure in admissions.failures[:_LISTED_FAILURES]:
+                log.warning("instance refused", extra={"event": "cget.refused", "peer": peer, "reason": failure})
+
+    def _large(self, peer: str, study_uid: str, series_uid: str | None, sop_uids: list[str] | None) -> bool:
+        """Worth the admission process: as many instances as would be worth splitting over processes."""
+        if self.admission is None:
+            return False
+        if sop_uids:
+            expected = len(sop_uids)
+        else:
+            expected = sum(len(uids) for uids in self.index.instances_by_series(study_uid, series_uid).values())
+        return expected >= self.settings.peer(peer).parallel_min_instances
 
     def _cget_into(
         self, admissions: Admissions, peer: str, contexts: list[Any], roles: list[Any], query: Dataset,
@@ -308,6 +322,8 @@ class Retriever:
         """Stop the worker processes, if any were started."""
         if self.pool is not None:
             self.pool.close()
+        if self.admission is not None:
+            self.admission.close()
 
     def fetch_study(self, study_uid: str) -> Iterator[Path]:
         return self._fetch(study_uid, None)

@@ -237,3 +237,63 @@ def test_http_worker_processes_retrieve_without_a_pool_of_their_own(
         worker.close()
     assert (report.stored, report.failed) == (40, 0)
     _check_retrieved(node, files, spec.study_uid)
+
+
+def _admitted_by_process(node: Node) -> list[int]:
+    """Batch sizes the node's admission process admitted (None answers, i.e. fallbacks, as 0)."""
+    process = node.retriever.admission
+    assert process is not None
+    sizes: list[int] = []
+    admit = process.admit
+
+    def recorded(peer: str, batch: list[Any]) -> Any:
+        outcomes = admit(peer, batch)
+        sizes.append(0 if outcomes is None else len(batch))
+        return outcomes
+
+    process.admit = recorded  # type: ignore[method-assign]
+    return sizes
+
+
+def test_a_large_in_process_retrieval_is_admitted_by_the_admission_process(
+    orthanc: Orthanc, make_node: NodeFactory, tmp_path: Path
+) -> None:
+    """One association receives; another process checks, places, indexes and describes."""
+    spec = StudySpec(series=[(CT, "CT", 40)], rows=64, columns=64)
+    files = write_study(spec, tmp_path / "ct")
+    orthanc.upload(files)
+    node = make_node({"main": orthanc_peer(orthanc, parallel_min_instances=16)})
+    node.index_peer("main", DAY, DAY)
+    sizes = _admitted_by_process(node)
+    seen: list[str] = []
+    report = node.retriever.retrieve(spec.study_uid, on_instance=lambda a: seen.append(a.sop_uid))
+    assert (report.stored, report.failed) == (40, 0) and sorted(seen) == sorted(f.stem for f in files)
+    assert sum(sizes) == 40 and 0 not in sizes
+    _check_retrieved(node, files, spec.study_uid)
+    assert all(Path(h.path).with_suffix(".meta.gz").exists() for h in node.index.held(spec.study_uid))
+
+
+def _no_intake(settings: Any) -> Any:
+    raise RuntimeError("cannot open the index")
+
+
+def test_without_its_admission_process_a_retrieval_admits_by_itself(
+    orthanc: Orthanc, make_node: NodeFactory, tmp_path: Path
+) -> None:
+    """The process is a speed-up: when it cannot start, the batches are admitted in-process."""
+    from drimbox.dimse.admissions import AdmissionProcess
+
+    spec = StudySpec(series=[(CT, "CT", 20)], rows=32, columns=32)
+    files = write_study(spec, tmp_path / "ct")
+    orthanc.upload(files)
+    node = make_node({"main": orthanc_peer(orthanc, parallel_min_instances=8)})
+    node.index_peer("main", DAY, DAY)
+    node.retriever.admission = AdmissionProcess(node.settings, _no_intake)
+    sizes = _admitted_by_process(node)
+    try:
+        report = node.retriever.retrieve(spec.study_uid)
+    finally:
+        node.retriever.admission.close()
+    assert (report.stored, report.failed) == (20, 0)
+    assert sizes and set(sizes) == {0}
+    _check_retrieved(node, files, spec.study_uid)
