@@ -140,10 +140,12 @@ class InstanceStore:
                 path.with_suffix(".frames.json").unlink(missing_ok=True)
 
 
-#: Files up to this size are read whole and parsed in memory (one read instead of a seek and a
-#: read per element: ~130 system calls of a CT slice, each a chance for another thread to take
-#: the interpreter lock); larger ones (mammograms, tomosynthesis) are parsed from the file.
+#: Files up to this size are parsed in memory (one read instead of a seek and a read per
+#: element: ~130 system calls of a CT slice); larger ones (mammograms, tomosynthesis) are parsed
+#: from the file. Of a file above `_HEAD`, only its head is read when its last element (the pixel
+#: data, always in practice) is a deferred value that ends the file exactly.
 _READ_WHOLE = 1 << 20
+_HEAD = 1 << 16
 
 
 def _read_header(path: Path, size: int) -> Dataset:
@@ -151,13 +153,39 @@ def _read_header(path: Path, size: int) -> Dataset:
     if size > _READ_WHOLE:
         return dcmread(path, defer_size=1024)
     with open(path, "rb") as handle:
-        data = handle.read(_READ_WHOLE + 1)
-    if len(data) != size:
-        raise InvalidInstance(f"the file changed while read ({len(data)} of {size} bytes)")
+        data = handle.read(_HEAD if size > _HEAD else size + 1)
+        if size <= _HEAD and len(data) != size:
+            raise InvalidInstance(f"the file changed while read ({len(data)} of {size} bytes)")
+        ds = _parse(data, path)
+        if size > _HEAD and not _ends_with_deferred(ds, size):
+            handle.seek(0)
+            data = handle.read(size + 1)
+            if len(data) != size:
+                raise InvalidInstance(f"the file changed while read ({len(data)} of {size} bytes)")
+            ds = _parse(data, path)
+    return ds
+
+
+def _parse(data: bytes, path: Path) -> Dataset:
     ds = dcmread(io.BytesIO(data), defer_size=1024)
     # As dcmread(path) leaves it: deferred values are read from the file (FileDataset attributes).
     ds.filename, ds.fileobj_type, ds.buffer, ds.timestamp = str(path), open, None, None
     return ds
+
+
+def _ends_with_deferred(ds: Dataset, size: int) -> bool:
+    """Whether parsing a head of the file saw all of it: its last element was deferred (skipped,
+    not read) and ends exactly where the file does. Anything else is parsed again, whole."""
+    tags = list(ds.keys())
+    if not tags:
+        return False
+    last = ds.get_item(tags[-1], keep_deferred=True)
+    return (
+        isinstance(last, RawDataElement)
+        and last.value is None
+        and last.length != 0xFFFFFFFF
+        and last.value_tell + last.length == size
+    )
 
 
 def write_atomically(target: Path, data: bytes, work: Path | None = None) -> None:

@@ -135,3 +135,39 @@ def test_metadata_memo_keeps_character_sets_apart(tmp_path: Path) -> None:
         meta = json.loads(metadata.metadata_text(inspected.dataset, "https://box/i", inspected.elements))
         names[charset] = meta["00100010"]["Value"][0]["Alphabetic"]
     assert names == {"ISO_IR 192": "é^Anne", "ISO_IR 100": "Ã©^Anne"}
+
+
+@pytest.mark.parametrize("trailing", [False, True])
+def test_header_from_the_head_of_the_file_is_the_whole_header(
+    tmp_path: Path, trailing: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Above 64 KiB only the head is parsed when the pixel data ends the file; an element after
+    it (trailing padding) sends the parse back to the whole file, so nothing is ever missed."""
+    from pydicom import dcmread
+
+    from drimbox.store import files
+
+    parsed: list[int] = []
+    parse = files._parse
+    monkeypatch.setattr(files, "_parse", lambda data, path: parsed.append(len(data)) or parse(data, path))
+
+    [source] = write_study(StudySpec(series=[(CT, "CT", 1)], rows=256, columns=256), tmp_path / "src")
+    if trailing:
+        ds = dcmread(source)
+        ds.add_new(0xFFFCFFFC, "OB", b"\x00" * 64)  # Data Set Trailing Padding
+        ds.save_as(source)
+    assert source.stat().st_size > 1 << 16
+    inspected = InstanceStore(tmp_path / "data").inspect(source)
+    full = dcmread(source, defer_size=1024)
+    assert list(inspected.elements) == list(full.keys())
+    assert (0xFFFCFFFC in inspected.elements) == trailing
+    assert inspected.dataset.PixelData == dcmread(source).PixelData
+    size = source.stat().st_size
+    assert parsed == ([1 << 16, size] if trailing else [1 << 16])
+
+
+def test_a_truncated_file_above_the_head_is_refused(tmp_path: Path) -> None:
+    [source] = write_study(StudySpec(series=[(CT, "CT", 1)], rows=256, columns=256), tmp_path / "src")
+    source.write_bytes(source.read_bytes()[:-1000])
+    with pytest.raises(InvalidInstance, match="truncated"):
+        InstanceStore(tmp_path / "data").inspect(source)
