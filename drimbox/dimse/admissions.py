@@ -26,6 +26,7 @@ import multiprocessing
 import os
 import queue
 import threading
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -46,6 +47,8 @@ log = logging.getLogger(__name__)
 _DEPTH = 32
 #: Instances admitted together (one index transaction) when that many are waiting.
 _BATCH = 32
+#: How often a C-STORE waiting for room in the queue tells its association it is not idle.
+_KEEPALIVE = 0.1
 STATUS_SUCCESS = 0x0000
 
 
@@ -134,12 +137,27 @@ class Admissions:
             str(event.assoc.acceptor.ae_title).strip(),
             str(request.AffectedSOPInstanceUID or ""),
             str(request.AffectedSOPClassUID or ""),
+            event.assoc.dul._idle_timer.restart,
         )
         return STATUS_SUCCESS
 
-    def submit(self, path: Path, sender: str, sop_uid: str, sop_class_uid: str) -> None:
-        """Queue a complete received file; blocks while the queue is full (the PACS waits meanwhile)."""
-        self._pending.put(Received(path, sender, sop_uid, sop_class_uid))
+    def submit(
+        self, path: Path, sender: str, sop_uid: str, sop_class_uid: str, waiting: Callable[[], None] | None = None
+    ) -> None:
+        """Queue a complete received file; blocks while the queue is full (the PACS waits meanwhile).
+
+        `waiting` is called every `_KEEPALIVE` seconds of that wait: the association's idle timer
+        is restarted, since it is we who are slow, not the PACS (the admission process starting,
+        a busy disk), and an idle timeout must only ever catch a silent peer.
+        """
+        item = Received(path, sender, sop_uid, sop_class_uid)
+        while True:
+            try:
+                self._pending.put(item, timeout=_KEEPALIVE)
+                return
+            except queue.Full:
+                if waiting is not None:
+                    waiting()
 
     def _run(self) -> None:
         while True:

@@ -158,7 +158,8 @@ class SubOperations:
     def _finish(self, dul: Any, transfer: _Transfer) -> None:
         self._transfer = None
         transfer.file.close()
-        self._admissions.submit(Path(transfer.file.name), self._sender, transfer.sop_uid, transfer.sop_class_uid)
+        self._admissions.submit(Path(transfer.file.name), self._sender, transfer.sop_uid, transfer.sop_class_uid,
+                                dul._idle_timer.restart)  # fmt: skip
         answer = response_pdu(transfer.context_id, transfer.message_id, transfer.sop_class_uid, transfer.sop_uid)
         dul.socket.send(answer)
         self.handled += 1

@@ -44,7 +44,8 @@ def _received(intake: InstanceIntake, source: Path, sop_uid: str | None = None, 
     shutil.copyfile(source, path)
     request = SimpleNamespace(AffectedSOPInstanceUID=sop_uid or ds.SOPInstanceUID, AffectedSOPClassUID=ds.SOPClassUID)
     acceptor = SimpleNamespace(ae_title="ORTHANC")
-    return SimpleNamespace(request=request, dataset_path=path, assoc=SimpleNamespace(acceptor=acceptor))
+    dul = SimpleNamespace(_idle_timer=SimpleNamespace(restart=lambda: None))
+    return SimpleNamespace(request=request, dataset_path=path, assoc=SimpleNamespace(acceptor=acceptor, dul=dul))
 
 
 def test_instances_are_admitted_in_order_after_the_answer(intake: InstanceIntake, tmp_path: Path) -> None:
@@ -136,3 +137,33 @@ def test_a_small_file_read_whole_still_defers_its_pixels(intake: InstanceIntake,
     raw = inspected.elements[0x7FE00010]
     assert raw.value is None  # deferred, not in memory
     assert inspected.dataset.PixelData == dcmread(source).PixelData
+
+
+def test_a_full_queue_keeps_the_association_from_idling(intake: InstanceIntake, tmp_path: Path) -> None:
+    """While a C-STORE waits for room in the queue (admission slower than the PACS), the
+    association's idle timer is restarted: it is we who are slow, not the PACS."""
+    import threading
+
+    sources = write_study(StudySpec(series=[(CT, "CT", 3)]), tmp_path / "src")
+    restarts: list[int] = []
+    entered, release = threading.Event(), threading.Event()
+
+    def slow_listener(_item: Admitted) -> None:
+        entered.set()
+        release.wait(5)
+
+    admissions = Admissions(intake, "pacs", slow_listener, depth=1)
+    with admissions:
+        events = [_received(intake, source) for source in sources]
+        for event in events:
+            event.assoc.dul._idle_timer.restart = lambda: restarts.append(1)
+        admissions.handle(events[0])  # taken by the admitting thread, which then waits in the listener
+        assert entered.wait(5)
+        admissions.handle(events[1])  # fills the queue
+        waiter = threading.Thread(target=admissions.handle, args=(events[2],))
+        waiter.start()
+        waiter.join(0.5)
+        assert waiter.is_alive() and len(restarts) >= 3  # blocked, telling its association every 0.1 s
+        release.set()
+        waiter.join(5)
+    assert admissions.failures == []
