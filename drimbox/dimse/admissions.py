@@ -27,7 +27,7 @@ import os
 import queue
 import threading
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,6 +200,7 @@ class AdmissionProcess:
         self.settings = settings
         self.factory = factory
         self._executor: ProcessPoolExecutor | None = None
+        self._ready: Future[bool] | None = None  # the start-up task: done once the process is up
         self._lock = threading.Lock()
 
     def _pool(self) -> ProcessPoolExecutor:
@@ -215,14 +216,25 @@ class AdmissionProcess:
 
     def warm(self) -> None:
         """Start the process now (it takes ~1 s to import), without waiting for it."""
+        with self._lock:
+            if self._ready is not None:
+                return
         try:
-            self._pool().submit(_ready)
+            ready = self._pool().submit(_started)
         except BrokenProcessPool:
             self.close()
+            return
+        with self._lock:
+            self._ready = ready
 
     def admit(self, peer: str, batch: list[Received]) -> list[Admitted | str] | None:
-        """What admit_batch returns, computed in the process; None if the process cannot (the
-        caller then admits the batch itself: this process is a speed-up, never a reason to refuse)."""
+        """What admit_batch returns, computed in the process; None if the process cannot, or is
+        still starting (the caller then admits the batch itself: this process is a speed-up, never
+        a reason to refuse nor to make the PACS wait)."""
+        with self._lock:
+            ready = self._ready
+        if ready is None or not ready.done():
+            return None
         try:
             return self._pool().submit(_admit_here, peer, batch).result()
         except BrokenProcessPool:
@@ -235,6 +247,7 @@ class AdmissionProcess:
 
     def close(self) -> None:
         with self._lock:
+            self._ready = None
             if self._executor is not None:
                 self._executor.shutdown(wait=True, cancel_futures=True)
                 self._executor = None
@@ -251,7 +264,7 @@ def _start_admitter(settings: Settings, factory: RetrieverFactory, parent: int) 
     threading.Thread(target=exit_with_parent, args=(parent,), daemon=True).start()
 
 
-def _ready() -> bool:
+def _started() -> bool:
     return _intake is not None
 
 

@@ -264,6 +264,10 @@ def test_a_large_in_process_retrieval_is_admitted_by_the_admission_process(
     orthanc.upload(files)
     node = make_node({"main": orthanc_peer(orthanc, parallel_min_instances=16)})
     node.index_peer("main", DAY, DAY)
+    process = node.retriever.admission
+    assert process is not None
+    process.warm()  # (until it is up, a retrieval admits by itself: see the next test)
+    assert process._ready is not None and process._ready.result(timeout=60)
     sizes = _admitted_by_process(node)
     seen: list[str] = []
     report = node.retriever.retrieve(spec.study_uid, on_instance=lambda a: seen.append(a.sop_uid))
@@ -296,4 +300,20 @@ def test_without_its_admission_process_a_retrieval_admits_by_itself(
         node.retriever.admission.close()
     assert (report.stored, report.failed) == (20, 0)
     assert sizes and set(sizes) == {0}
+    _check_retrieved(node, files, spec.study_uid)
+
+
+def test_a_retrieval_does_not_wait_for_its_admission_process_to_start(
+    orthanc: Orthanc, make_node: NodeFactory, tmp_path: Path
+) -> None:
+    """The first large retrieval starts the process and admits by itself until it is up."""
+    spec = StudySpec(series=[(CT, "CT", 20)], rows=32, columns=32)
+    files = write_study(spec, tmp_path / "ct")
+    orthanc.upload(files)
+    node = make_node({"main": orthanc_peer(orthanc, parallel_min_instances=8)})
+    node.index_peer("main", DAY, DAY)
+    sizes = _admitted_by_process(node)
+    report = node.retriever.retrieve(spec.study_uid)
+    assert (report.stored, report.failed) == (20, 0)
+    assert sizes and sizes[0] == 0  # the first batch did not wait for the process's imports
     _check_retrieved(node, files, spec.study_uid)
