@@ -21,6 +21,7 @@ admission.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -91,7 +92,8 @@ def admit_batch(intake: InstanceIntake, peer: str, batch: list[Received]) -> lis
 
 
 def _refused(received: Received, exc: Exception, peer: str) -> str:
-    received.path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # (a read-only store must not stop the queue)
+        received.path.unlink(missing_ok=True)
     if not isinstance(exc, DrimboxError):
         log.error("instance not admitted", exc_info=exc, extra={"event": "cstore.error", "peer": peer})
         return f"{received.sop_uid}: {exc.__class__.__name__}: {exc}"
@@ -124,7 +126,12 @@ class Admissions:
         return self
 
     def __exit__(self, *_exc: object) -> None:
-        self._pending.put(None)
+        while self._thread.is_alive():
+            try:
+                self._pending.put(None, timeout=_KEEPALIVE)
+                break
+            except queue.Full:
+                continue
         self._thread.join()
 
     def handle(self, event: Any) -> int:
@@ -156,6 +163,8 @@ class Admissions:
                 self._pending.put(item, timeout=_KEEPALIVE)
                 return
             except queue.Full:
+                if not self._thread.is_alive():
+                    raise DrimboxError("the retrieval's admission has stopped") from None
                 if waiting is not None:
                     waiting()
 
@@ -174,14 +183,18 @@ class Admissions:
                     ended = True
                     break
                 batch.append(item)
-            self._admit(batch)
+            try:
+                self._admit(batch)
+            except Exception as exc:  # never let the queue's only reader die: the reactor would wait on it
+                log.error("batch not admitted", exc_info=exc, extra={"event": "cstore.error", "peer": self._peer})
+                self.failures.extend(_refused(received, exc, self._peer) for received in batch)
             if ended:
                 return
 
     def _admit(self, batch: list[Received]) -> None:
         outcomes = self._process.admit(self._peer, batch) if self._process is not None else None
         if outcomes is None:
-            outcomes = admit_batch(self._intake, self._peer, batch)
+            outcomes = self._admit_here(batch)
         for received, outcome in zip(batch, outcomes, strict=True):
             if isinstance(outcome, str):
                 self.failures.append(outcome)
@@ -191,6 +204,17 @@ class Admissions:
             except Exception as exc:
                 log.error("listener failed", exc_info=exc, extra={"event": "cstore.listener", "peer": self._peer})
                 self.failures.append(f"{received.sop_uid}: {exc.__class__.__name__}: {exc}")
+
+    def _admit_here(self, batch: list[Received]) -> list[Admitted | str]:
+        """The batch admitted in this process. A file no longer in incoming/ was taken by an
+        admission process that then failed: whether its row was committed is unknown, so it is
+        reported failed rather than admitted twice."""
+        present = [received.path.exists() for received in batch]
+        local = iter(admit_batch(self._intake, self._peer, [r for r, p in zip(batch, present, strict=True) if p]))
+        return [
+            next(local) if here else f"{received.sop_uid}: the admission process stopped while admitting it"
+            for received, here in zip(batch, present, strict=True)
+        ]
 
 
 class AdmissionProcess:
@@ -203,8 +227,11 @@ class AdmissionProcess:
         self._ready: Future[bool] | None = None  # the start-up task: done once the process is up
         self._lock = threading.Lock()
 
-    def _pool(self) -> ProcessPoolExecutor:
+    def warm(self) -> None:
+        """Start the process now (it takes ~1 s to import), without waiting for it."""
         with self._lock:
+            if self._ready is not None:
+                return
             if self._executor is None:
                 self._executor = ProcessPoolExecutor(
                     max_workers=1,
@@ -212,45 +239,41 @@ class AdmissionProcess:
                     initializer=_start_admitter,
                     initargs=(self.settings, self.factory, os.getpid()),
                 )
-            return self._executor
-
-    def warm(self) -> None:
-        """Start the process now (it takes ~1 s to import), without waiting for it."""
-        with self._lock:
-            if self._ready is not None:
-                return
-        try:
-            ready = self._pool().submit(_started)
-        except BrokenProcessPool:
-            self.close()
-            return
-        with self._lock:
-            self._ready = ready
+            try:
+                self._ready = self._executor.submit(_started)
+            except (BrokenProcessPool, RuntimeError):  # (RuntimeError: shut down meanwhile)
+                self._executor = None
 
     def admit(self, peer: str, batch: list[Received]) -> list[Admitted | str] | None:
         """What admit_batch returns, computed in the process; None if the process cannot, or is
         still starting (the caller then admits the batch itself: this process is a speed-up, never
         a reason to refuse nor to make the PACS wait)."""
         with self._lock:
-            ready = self._ready
-        if ready is None or not ready.done():
+            ready, executor = self._ready, self._executor
+        if ready is None or executor is None or not ready.done():
             return None
         try:
-            return self._pool().submit(_admit_here, peer, batch).result()
+            return executor.submit(_admit_here, peer, batch).result()
         except BrokenProcessPool:
-            self.close()
             reason = "stopped"
+            self._discard(executor)
         except Exception as exc:  # an admission's own errors are outcomes: this is the process failing
             reason = f"{exc.__class__.__name__}: {exc}"
         log.error("admission process unavailable", extra={"event": "cstore.admission_process", "reason": reason})
         return None
 
+    def _discard(self, executor: ProcessPoolExecutor) -> None:
+        """Forget a broken process (the next warm() starts another)."""
+        with self._lock:
+            if self._executor is executor:
+                self._executor, self._ready = None, None
+        executor.shutdown(wait=False, cancel_futures=True)
+
     def close(self) -> None:
         with self._lock:
-            self._ready = None
-            if self._executor is not None:
-                self._executor.shutdown(wait=True, cancel_futures=True)
-                self._executor = None
+            executor, self._executor, self._ready = self._executor, None, None
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
 
 
 # --- inside the admission process -------------------------------------------------------

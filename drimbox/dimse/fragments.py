@@ -36,7 +36,7 @@ _BATCH_BYTES = 16 << 20
 #: How long to wait for the next PDU of a data set before handing back to the reactor.
 _NEXT_PDU_WAIT = 0.005
 #: The largest PDU read into the reusable buffer; a larger one takes pynetdicom's path.
-_MAX_FAST_PDU = 1 << 22
+MAX_FAST_PDU = 1 << 22
 
 
 def install() -> None:
@@ -55,7 +55,9 @@ def read_pdu_data(self: Any) -> None:
         if header is None:
             return
         pdu_type, pdu_length, raw_header = header
-        short = pdu_type == _P_DATA_TF and pdu_length <= _MAX_FAST_PDU
+        short = pdu_type == _P_DATA_TF and pdu_length <= MAX_FAST_PDU
+        if not short and _transfer_broken(self, pdu_type):
+            return
         suboperations = _suboperations(self) if short else None
         target = _data_set_file(self) if short and suboperations is None else None
         if suboperations is None and target is None:
@@ -120,16 +122,36 @@ def _data_set_file(self: Any) -> tuple[Any, int] | None:
     return file, int(message.context_id)
 
 
+def _transfer_broken(self: Any, pdu_type: int) -> bool:
+    """A P-DATA-TF PDU above our buffer in the middle of a sub-operation's data set: the peer sends
+    more than the maximum PDU length we announced (only then can it). pynetdicom cannot take the
+    rest of a message it never saw begin: the transfer is dropped and the association aborted."""
+    suboperations = getattr(self, "_drimbox_suboperations", None)
+    if pdu_type != _P_DATA_TF or suboperations is None or not suboperations.receiving:
+        return False
+    suboperations.abandon()
+    log.error("P-DATA-TF PDU larger than the maximum length announced, in a C-STORE sub-operation")
+    self.event_queue.put("Evt19")  # unrecognised or invalid PDU: A-ABORT
+    return True
+
+
 def _suboperations(self: Any) -> Any:
     """The C-GET's SubOperations (suboperations.py) if this PDU is theirs to take or refuse.
 
-    Mid-transfer every P-DATA-TF PDU is; otherwise only in Sta6 with nothing received before it
-    still waiting, and no message pynetdicom itself is assembling.
+    Mid-transfer every P-DATA-TF PDU is (in Sta6: after an abort, nothing more is answered);
+    otherwise only in Sta6 with nothing received before it still waiting, and no message
+    pynetdicom itself is assembling.
     """
     suboperations = getattr(self, "_drimbox_suboperations", None)
-    if suboperations is None or suboperations.receiving:
+    if suboperations is None:
+        return None
+    if self.state_machine.current_state != "Sta6":
+        if suboperations.receiving:
+            suboperations.abandon()
+        return None
+    if suboperations.receiving:
         return suboperations
-    if self.state_machine.current_state != "Sta6" or not self.event_queue.empty() or not self._recv_pdu.empty():
+    if not self.event_queue.empty() or not self._recv_pdu.empty():
         return None
     if self.assoc.dimse.message is not None:
         return None

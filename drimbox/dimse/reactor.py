@@ -61,7 +61,8 @@ def install() -> None:
 
 
 class _Waker:
-    """A pipe another thread writes one byte to; the reactor's select() sees it."""
+    """A pipe another thread writes one byte to; the reactor's poll() sees it (poll, not select:
+    descriptor numbers above 1023 are fine)."""
 
     def __init__(self) -> None:
         self.read_fd, self.write_fd = os.pipe()
@@ -69,6 +70,9 @@ class _Waker:
         os.set_blocking(self.write_fd, False)
         self._lock = threading.Lock()  # no write to a descriptor number closed (and reused) meanwhile
         self._closed = False
+        self.poller = select.poll()
+        self.poller.register(self.read_fd, select.POLLIN)
+        self.watched: int | None = None  # the socket's descriptor, once registered
 
     def wake(self) -> None:
         with self._lock:
@@ -97,34 +101,46 @@ def _wake(provider: Any) -> None:
         waker.wake()
 
 
-def _idle_wait(provider: Any, waker: _Waker) -> None:
+def _idle_wait(provider: Any, waker: _Waker | None) -> None:
     """Until the peer sends, a thread queues something to send or kills us, or `_IDLE_WAIT` passes."""
     transport = provider.socket
     sock = transport.socket if transport is not None else None
-    if sock is None or not transport._is_connected:
-        time.sleep(provider._run_loop_delay)  # not connected yet: pynetdicom's own pace
+    if waker is None or sock is None or not transport._is_connected:
+        time.sleep(provider._run_loop_delay)  # pynetdicom's own pace (not connected yet, or no pipe)
         return
     if isinstance(sock, ssl.SSLSocket) and sock.pending():
-        return  # decrypted bytes waiting that select() cannot see
+        return  # decrypted bytes waiting that poll() cannot see
     try:
-        select.select([sock, waker.read_fd], [], [], _IDLE_WAIT)
+        descriptor = sock.fileno()
+        if waker.watched != descriptor:
+            if waker.watched is not None:
+                waker.poller.unregister(waker.watched)
+            waker.poller.register(descriptor, select.POLLIN)
+            waker.watched = descriptor
+        waker.poller.poll(_IDLE_WAIT * 1000)
     except (OSError, ValueError):
-        return  # a closed socket: the loop's own check reports it
+        time.sleep(provider._run_loop_delay)  # a closed socket: the loop's own check reports it
+        return
     waker.drain()
 
 
 def run_reactor(self: Any) -> None:
     """pynetdicom's `DULServiceProvider.run_reactor`, with the idle sleep replaced by `_idle_wait`."""
-    waker = _Waker()
+    try:
+        waker: _Waker | None = _Waker()
+    except OSError as exc:  # out of descriptors: poll as pynetdicom does rather than not run at all
+        log.warning(f"no wake-up pipe for the reactor, polling instead: {exc}")
+        waker = None
     self._drimbox_waker = waker
     try:
         _loop(self, waker)
     finally:
         self._drimbox_waker = None
-        waker.close()
+        if waker is not None:
+            waker.close()
 
 
-def _loop(self: Any, waker: _Waker) -> None:
+def _loop(self: Any, waker: _Waker | None) -> None:
     self._idle_timer.start()
     sleep = False
     while True:

@@ -26,6 +26,7 @@ from drimbox.dimse.admissions import AdmissionProcess, Admissions
 from drimbox.dimse.connection import PeerConnector
 from drimbox.dimse.contexts import COMMON_STORAGE_SOP_CLASSES, GET_MODEL, MOVE_MODEL, cget_storage_contexts
 from drimbox.dimse.find import PacsQuery
+from drimbox.dimse.fragments import MAX_FAST_PDU
 from drimbox.dimse.parallel import WorkerPool, by_series, split
 from drimbox.dimse.scp import StoreServer
 from drimbox.dimse.storage import Admitted, StorageHandler
@@ -236,7 +237,8 @@ class Retriever:
         try:
             with self.connector.associate(peer, contexts, roles, [(evt.EVT_C_STORE, admissions.handle)]) as assoc:
                 suboperations = SubOperations(assoc, admissions, self.storage.intake.store.incoming)
-                suboperations.attach(assoc)
+                if 0 < self.settings.dimse.max_pdu <= MAX_FAST_PDU:  # (else PDUs may exceed its buffer)
+                    suboperations.attach(assoc)
                 self._follow(assoc.send_c_get(query, GET_MODEL), report, "C-GET")
         finally:
             if suboperations is not None:  # the association has ended: nothing more can arrive

@@ -155,45 +155,47 @@ class IndexRepository:
             except IntegrityError:  # the series row was removed meanwhile: take the full path
                 self._known_series.discard(entry.series.series_uid)
 
-        def work(session: Session) -> None:
-            study = _upsert_study(session, entry.study, peer)
-            series = _upsert_series(session, study, entry.series)
-            instance = _upsert_instance(session, series, entry.instance)
-            instance.transfer_syntax_uid = entry.instance.transfer_syntax_uid
-            instance.file_path = entry.file.path
-            instance.file_size = entry.file.size
-            instance.stored_at = instance.last_access = datetime.now(UTC)
-
-        self._write(work)
+        self._write(lambda session: _record_full(session, entry, peer))
         if len(self._known_series) > 4096:
             self._known_series.clear()
         self._known_series.add(entry.series.series_uid)
 
     def record_stored_many(self, entries: Sequence[InstanceEntry], peer: str = "") -> None:
-        """`record_stored` for several files, in order: the instances of series already known go
-        in one transaction (one multi-row statement) instead of one each."""
-        known: list[InstanceEntry] = []
-        for entry in entries:
-            if entry.series.series_uid in self._known_series:
-                known.append(entry)
-                continue
-            self._record_known(known, peer)
-            known = []
-            self.record_stored(entry, peer)
-        self._record_known(known, peer)
+        """`record_stored` for several files in one transaction: all are indexed, or none.
 
-    def _record_known(self, entries: list[InstanceEntry], peer: str) -> None:
+        Instances of series already known are one multi-row statement; the first instance of a
+        series takes the full upsert (patient, study, series) in the same transaction. A known
+        series removed meanwhile (IntegrityError: its instances would get no series) makes the
+        whole batch go again with the full path for every series.
+        """
         if not entries:
             return
+        statement = _stored_instance_statement(self.engine.dialect.name)
+
+        def work(session: Session) -> None:
+            known: list[dict[str, Any]] = []
+            for entry in entries:
+                if entry.series.series_uid in self._known_series:
+                    known.append(_stored_instance_values(entry))
+                    continue
+                if known:
+                    session.execute(statement, known)
+                    known = []
+                _record_full(session, entry, peer)
+                session.flush()
+                self._known_series.add(entry.series.series_uid)
+            if known:
+                session.execute(statement, known)
+
         try:
-            with self._write_lock, self.engine.begin() as conn:
-                statement = _stored_instance_statement(self.engine.dialect.name)
-                conn.execute(statement, [_stored_instance_values(entry) for entry in entries])
-        except IntegrityError:  # a series row was removed meanwhile: one by one, full path where needed
+            self._write(work)
+        except IntegrityError:
+            # (_write retried once already, with the series it had just added as known)
             for entry in entries:
                 self._known_series.discard(entry.series.series_uid)
-            for entry in entries:
-                self.record_stored(entry, peer)
+            self._write(work)
+        if len(self._known_series) > 4096:
+            self._known_series.clear()
 
     def remove_missing_series(self, study_uid: str, present: set[str]) -> list[str]:
         """Drop series the PACS no longer has; return the files they held."""
@@ -555,6 +557,17 @@ def _upsert_instance(session: Session, series: Series, record: InstanceRecord) -
 
 _STORED_COLUMNS = ("sop_class_uid", "instance_number", "rows", "columns", "number_of_frames", "transfer_syntax_uid",
                    "file_path", "file_size", "stored_at", "last_access", "series_pk")  # fmt: skip
+
+
+def _record_full(session: Session, entry: InstanceEntry, peer: str) -> None:
+    """The stored file's rows from patient down (the first instance of a series)."""
+    study = _upsert_study(session, entry.study, peer)
+    series = _upsert_series(session, study, entry.series)
+    instance = _upsert_instance(session, series, entry.instance)
+    instance.transfer_syntax_uid = entry.instance.transfer_syntax_uid
+    instance.file_path = entry.file.path
+    instance.file_size = entry.file.size
+    instance.stored_at = instance.last_access = datetime.now(UTC)
 
 
 @functools.cache

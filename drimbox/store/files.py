@@ -198,8 +198,9 @@ def write_atomically(target: Path, data: bytes, work: Path | None = None) -> Non
 
 
 def _check_within(elem: object, size: int) -> None:
-    """A value pydicom deferred (not read) must still lie inside the file: catches truncation."""
-    if not isinstance(elem, RawDataElement) or elem.value is not None or elem.length == 0xFFFFFFFF:
+    """Every value must lie inside the file: catches truncation, in a value pydicom deferred (not
+    read) as in a short one it read (pydicom keeps the bytes there were, without a word)."""
+    if not isinstance(elem, RawDataElement) or elem.length == 0xFFFFFFFF:
         return
     if elem.value_tell + elem.length > size:
         raise InvalidInstance(f"truncated: element {elem.tag} ends past the end of the file")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import inspect, text
@@ -154,3 +155,26 @@ def test_stored_files_recorded_in_batches(index: IndexRepository) -> None:
     index.record_stored_many([entry("1.2.3.1.2", 3, "/b3"), entry("1.2.3.1.1", 4, "/a4")], "main")
     held = {h.sop_uid: h.size for h in index.held("1.2.3.1")}
     assert held.keys() == {"1.2.3.1.1.1", "1.2.3.1.1.2", "1.2.3.1.1.3", "1.2.3.1.1.4", "1.2.3.1.2.3"}
+
+
+def test_a_batch_is_recorded_whole_or_not_at_all(index: IndexRepository, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch across a series boundary whose second series fails leaves no row of the first:
+    the intake then removes every file of the batch, and no row may point at one of them."""
+    from drimbox.index import repository
+
+    def entry(series: str, number: int) -> InstanceEntry:
+        instance = InstanceRecord(f"{series}.{number}", MG, number)
+        return InstanceEntry(_study(1), SeriesRecord(series, modality="MG"), instance, StoredFile(f"/{number}", 1))
+
+    index.record_stored_many([entry("1.2.3.1.1", 1)], "main")
+    full = repository._record_full
+
+    def failing(session: Any, item: InstanceEntry, peer: str) -> None:
+        if item.series.series_uid == "1.2.3.1.2":
+            raise RuntimeError("connection lost")
+        full(session, item, peer)
+
+    monkeypatch.setattr(repository, "_record_full", failing)
+    with pytest.raises(RuntimeError):
+        index.record_stored_many([entry("1.2.3.1.1", 2), entry("1.2.3.1.2", 1)], "main")
+    assert [h.sop_uid for h in index.held("1.2.3.1")] == ["1.2.3.1.1.1"]

@@ -167,3 +167,21 @@ def test_a_full_queue_keeps_the_association_from_idling(intake: InstanceIntake, 
         release.set()
         waiter.join(5)
     assert admissions.failures == []
+
+
+def test_an_unexpected_error_never_stops_the_queue(
+    intake: InstanceIntake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its only reader dying would leave the reactor waiting forever for room in the queue."""
+    from drimbox.dimse import admissions as module
+
+    def broken(*_args: Any) -> Any:
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(module, "admit_batch", broken)
+    sources = write_study(StudySpec(series=[(CT, "CT", 5)]), tmp_path / "src")
+    with Admissions(intake, "pacs", lambda _a: None, depth=1) as admissions:
+        for source in sources:
+            admissions.handle(_received(intake, source))
+    assert len(admissions.failures) == 5 and all("Read-only" in f for f in admissions.failures)
+    assert list(intake.store.incoming.iterdir()) == []

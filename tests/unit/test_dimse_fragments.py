@@ -231,3 +231,38 @@ def _data_set(file: bytes) -> bytes:
     assert file[128:132] == b"DICM" and file[132:136] == b"\x02\x00\x00\x00"
     (group_length,) = struct.unpack_from("<L", file, 140)
     return file[144 + group_length :]
+
+
+class _Receiving:
+    """A SubOperations in the middle of a data set (suboperations.py), as the dispatch sees it."""
+
+    receiving = True
+    abandoned = False
+
+    def abandon(self) -> None:
+        self.abandoned, self.receiving = True, False
+
+    def take(self, dul: Any, body: memoryview) -> bool:
+        raise AssertionError("must not be offered this PDU")
+
+
+def test_an_oversized_pdu_mid_transfer_aborts_instead_of_leaving_a_hole(wire: Any) -> None:
+    """More than the PDU length we announced, in the middle of a sub-operation's data set: the
+    partial file goes and the association is aborted (Evt19); pynetdicom never sees the PDU."""
+    theirs, dul = wire
+    dul._drimbox_suboperations = _Receiving()
+    theirs.sendall(struct.pack(">BBL", 0x04, 0, fragments.MAX_FAST_PDU + 1))
+    fragments.read_pdu_data(dul)
+    assert dul._drimbox_suboperations.abandoned
+    assert dul.event_queue.get_nowait() == "Evt19" and dul.decoded == []
+
+
+def test_after_an_abort_a_transfer_is_dropped_not_answered(wire: Any) -> None:
+    """Out of Sta6 (an A-ABORT sent), data for a sub-operation goes nowhere near it."""
+    theirs, dul = wire
+    dul.state = "Sta13"
+    dul._drimbox_suboperations = _Receiving()
+    theirs.sendall(p_data(pdv(1, 0x00, b"x" * 100)))
+    fragments.read_pdu_data(dul)
+    assert dul._drimbox_suboperations.abandoned
+    assert len(dul.decoded) == 1  # pynetdicom's own path: in Sta13 it ignores it

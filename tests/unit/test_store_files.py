@@ -171,3 +171,17 @@ def test_a_truncated_file_above_the_head_is_refused(tmp_path: Path) -> None:
     source.write_bytes(source.read_bytes()[:-1000])
     with pytest.raises(InvalidInstance, match="truncated"):
         InstanceStore(tmp_path / "data").inspect(source)
+
+
+def test_a_file_cut_inside_a_short_last_element_is_refused(tmp_path: Path) -> None:
+    """pydicom reads what there is of a short value without complaint: the length says more."""
+    from pydicom import dcmread
+
+    [source] = write_study(StudySpec(series=[(CT, "CT", 1)], rows=8, columns=8), tmp_path / "src")
+    ds = dcmread(source)
+    del ds.PixelData
+    ds.add_new(0x00291010, "LO", "a private value, last")  # (creator-less: only its bytes matter)
+    ds.save_as(source)
+    source.write_bytes(source.read_bytes()[:-4])
+    with pytest.raises(InvalidInstance, match="truncated"):
+        InstanceStore(tmp_path / "data").inspect(source)
