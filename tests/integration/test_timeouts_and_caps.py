@@ -62,18 +62,18 @@ def test_a_silent_pacs_is_given_up_after_the_idle_timeout(make_node: NodeFactory
 def test_a_transfer_longer_than_the_idle_timeout_completes(
     orthanc: Orthanc, make_node: NodeFactory, tmp_path: Path
 ) -> None:
-    spec = StudySpec(series=[(CT, "CT", 240)], rows=256, columns=256)  # ~1-2 s at ~5-8 ms per instance
+    spec = StudySpec(series=[(CT, "CT", 400)], rows=256, columns=256)  # ~0.7-1 s at ~2 ms per instance
     orthanc.upload(write_study(spec, tmp_path / "ct"))
     node = make_node({"main": orthanc_peer(orthanc, retrieve_processes=1)})
-    config = _with_idle_timeout(node.config_path, 0.5)  # type: ignore[attr-defined]
+    config = _with_idle_timeout(node.config_path, 0.3)  # type: ignore[attr-defined]
     slow = build_node(load_settings(config))
     try:
         slow.index_peer("main", DAY, DAY)
         report = slow.retriever.retrieve(spec.study_uid)
     finally:
         slow.close()
-    assert report.seconds > 0.5, "the transfer must outlast the idle timeout for this test to mean anything"
-    assert (report.stored, report.failed) == (240, 0)
+    assert report.seconds > 0.3, "the transfer must outlast the idle timeout for this test to mean anything"
+    assert (report.stored, report.failed) == (400, 0)
 
 
 def test_associations_beyond_the_per_peer_cap_are_aborted(make_node: NodeFactory) -> None:
