@@ -7,7 +7,7 @@ the sleep (0.5 ms on average, then a thread switch), and while the handler works
 wakes ~1,000 times a second to find nothing, each time taking the interpreter lock from the
 handler. Measured on a CT C-GET (500 × 0.5 MB): ~7 wake-ups and ~47 lock hand-offs per instance.
 
-Here the idle wait is a `select()` on the socket and on a wake-up pipe that `send_pdu()` and
+Here the idle wait is a `poll()` on the socket and on a wake-up pipe that `send_pdu()` and
 `kill_dul()` write to, bounded by a short timeout so the timers (ARTIM, idle) and events other
 threads queue directly are still seen within `_IDLE_WAIT`. Everything else is pynetdicom's loop,
 line for line: the same events in the same order.
