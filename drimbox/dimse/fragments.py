@@ -67,7 +67,12 @@ def read_pdu_data(self: Any) -> None:
         if body is None:
             return
         if suboperations is not None:
+            receiving = suboperations.receiving
             taken_whole = suboperations.take(self, body)
+            if not taken_whole and receiving:  # (take() dropped the transfer)
+                log.error("P-DATA-TF PDU that does not continue the C-STORE sub-operation being received")
+                self.event_queue.put("Evt19")  # a broken message: A-ABORT, not its rest in memory
+                return
         else:
             assert target is not None
             taken_whole = _write_fragments(body, target[1], target[0])

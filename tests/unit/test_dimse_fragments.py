@@ -266,3 +266,46 @@ def test_after_an_abort_a_transfer_is_dropped_not_answered(wire: Any) -> None:
     fragments.read_pdu_data(dul)
     assert dul._drimbox_suboperations.abandoned
     assert len(dul.decoded) == 1  # pynetdicom's own path: in Sta13 it ignores it
+
+
+def test_a_pdu_breaking_a_transfer_aborts_the_association(wire: Any, tmp_path: Path) -> None:
+    """A command in the middle of a sub-operation's data set: the partial file goes and the
+    association is aborted; pynetdicom is not handed the rest of a message it never saw begin."""
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    from drimbox.dimse.suboperations import SubOperations
+
+    theirs, dul = wire
+    fake = type("Assoc", (), {"acceptor": type("A", (), {"ae_title": "PACS"})(), "accepted_contexts": []})()
+    receiver = SubOperations(fake, None, tmp_path)  # type: ignore[arg-type]
+    receiver._contexts[1] = ("1.2.840.10008.5.1.4.1.1.2", str(ExplicitVRLittleEndian))
+    command = _store_command(1, "1.2.840.10008.5.1.4.1.1.2", "1.2.3.4")
+    dul._drimbox_suboperations = receiver
+    dul.message = None  # type: ignore[assignment]  # pynetdicom assembles no message of its own
+    theirs.sendall(p_data(pdv(1, 0x03, command)))
+    fragments.read_pdu_data(dul)
+    assert receiver.receiving and len(list(tmp_path.iterdir())) == 1
+    theirs.sendall(p_data(pdv(1, 0x03, command)))  # another command where data was due
+    fragments.read_pdu_data(dul)
+    assert not receiver.receiving and list(tmp_path.iterdir()) == []
+    assert dul.event_queue.get_nowait() == "Evt19" and dul.decoded == []
+
+
+def _store_command(message_id: int, sop_class: str, sop_uid: str) -> bytes:
+    """A C-STORE-RQ command set with a data set to follow, as pynetdicom encodes it."""
+    import io
+
+    from pynetdicom.dimse_messages import C_STORE_RQ
+    from pynetdicom.dimse_primitives import C_STORE
+
+    request = C_STORE()
+    request.MessageID = message_id
+    request.AffectedSOPClassUID = sop_class
+    request.AffectedSOPInstanceUID = sop_uid
+    request.Priority = 2
+    request.DataSet = io.BytesIO(b"\x08\x00\x16\x00")
+    message = C_STORE_RQ()
+    message.primitive_to_message(request)
+    [p_data_primitive, *_] = list(message.encode_msg(1, 16384))
+    [(_context, data)] = p_data_primitive.presentation_data_value_list
+    return bytes(data[1:])  # without the control header byte
