@@ -37,7 +37,7 @@ from typing import Any
 from drimbox.config import Settings
 from drimbox.dimse.connection import ReceivedFile
 from drimbox.dimse.parallel import RetrieverFactory, exit_with_parent
-from drimbox.dimse.storage import Admitted, Listener
+from drimbox.dimse.storage import STATUS_SUCCESS, Admitted, Listener
 from drimbox.errors import DrimboxError
 from drimbox.store.intake import CheckedFile, InstanceIntake
 
@@ -50,7 +50,6 @@ _DEPTH = 32
 _BATCH = 32
 #: How often a C-STORE waiting for room in the queue tells its association it is not idle.
 _KEEPALIVE = 0.1
-STATUS_SUCCESS = 0x0000
 
 
 @dataclass(frozen=True)

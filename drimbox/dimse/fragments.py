@@ -28,7 +28,7 @@ log = logging.getLogger("pynetdicom.dul")  # the messages pynetdicom itself woul
 _P_DATA_TF = 0x04
 _KNOWN_PDU_TYPES = frozenset(range(0x01, 0x08))
 _HEADER = struct.Struct(">BBL")
-_ITEM = struct.Struct(">LBB")
+ITEM = struct.Struct(">LBB")  # a PDV item's length, context ID and control header
 #: PDUs (and bytes) handled in one go before the reactor gets a turn (to see its timers); it gets
 #: one at once when something waits to be sent (a C-STORE response, an A-ABORT).
 _BATCH = 256
@@ -186,21 +186,27 @@ def _read_body(self: Any, length: int) -> memoryview | None:
     return view
 
 
-def _write_fragments(body: memoryview, context_id: int, file: Any) -> bool:
-    """Write the PDVs of `body` if all are non-final data-set fragments of `context_id`; else write nothing."""
-    spans = []
+def pdv_items(body: memoryview) -> list[tuple[int, int, int, int]]:
+    """(context ID, control header, start, stop) of each PDV of a P-DATA-TF body; [] if malformed."""
+    items = []
     offset, end = 0, len(body)
     while offset < end:
-        if end - offset < _ITEM.size:
-            return False
-        length, item_context, control = _ITEM.unpack_from(body, offset)
-        if length < 2 or offset + 4 + length > end or item_context != context_id or control & 0x03:
-            return False
-        spans.append((offset + _ITEM.size, offset + 4 + length))
+        if end - offset < ITEM.size:
+            return []
+        length, context_id, control = ITEM.unpack_from(body, offset)
+        if length < 2 or offset + 4 + length > end:
+            return []
+        items.append((context_id, control, offset + ITEM.size, offset + 4 + length))
         offset += 4 + length
-    if not spans:
+    return items
+
+
+def _write_fragments(body: memoryview, context_id: int, file: Any) -> bool:
+    """Write the PDVs of `body` if all are non-final data-set fragments of `context_id`; else write nothing."""
+    items = pdv_items(body)
+    if not items or any(item_context != context_id or control & 0x03 for item_context, control, _, _ in items):
         return False
-    for start, stop in spans:
+    for _, _, start, stop in items:
         file.write(body[start:stop])
     return True
 

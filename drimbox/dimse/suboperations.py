@@ -34,6 +34,7 @@ from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_
 
 from drimbox.dimse.admissions import Admissions
 from drimbox.dimse.connection import ReceivedFile
+from drimbox.dimse.fragments import ITEM, pdv_items
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,6 @@ _C_STORE_RSP = 0x8001
 _C_GET_RSP = 0x8010
 _NO_DATA_SET = 0x0101
 _ELEMENT = struct.Struct("<HHL")
-_ITEM = struct.Struct(">LBB")
 _US = struct.Struct("<H")
 
 # Command set elements (group 0000) read from a C-STORE-RQ.
@@ -92,7 +92,7 @@ class SubOperations:
 
     def take(self, dul: Any, body: memoryview) -> bool:
         """Handle the P-DATA-TF `body` whole and return True, or touch nothing and return False."""
-        items = _items(body)
+        items = pdv_items(body)
         if not items:
             return self._refuse()
         if self._transfer is None:
@@ -190,7 +190,7 @@ def response_pdu(context_id: int, message_id: int, sop_class_uid: str, sop_uid: 
     )
     body = b"".join(elements)
     command = _element(0x0000, struct.pack("<L", len(body))) + body
-    pdv = _ITEM.pack(len(command) + 2, context_id, 0x03) + command
+    pdv = ITEM.pack(len(command) + 2, context_id, 0x03) + command
     return struct.pack(">BBL", 0x04, 0, len(pdv)) + pdv
 
 
@@ -224,21 +224,6 @@ def _even(value: bytes, pad: bytes = b"\x00") -> bytes:
 
 _IMPLEMENTATION_UID = _even(str(PYNETDICOM_IMPLEMENTATION_UID).encode("ascii"))
 _IMPLEMENTATION_VERSION = _even(str(PYNETDICOM_IMPLEMENTATION_VERSION).encode("ascii"), b" ")
-
-
-def _items(body: memoryview) -> list[tuple[int, int, int, int]]:
-    """(context ID, control header, start, stop) of each PDV of a P-DATA-TF body; [] if malformed."""
-    items = []
-    offset, end = 0, len(body)
-    while offset < end:
-        if end - offset < _ITEM.size:
-            return []
-        length, context_id, control = _ITEM.unpack_from(body, offset)
-        if length < 2 or offset + 4 + length > end:
-            return []
-        items.append((context_id, control, offset + _ITEM.size, offset + 4 + length))
-        offset += 4 + length
-    return items
 
 
 def _command(data: memoryview) -> dict[int, bytes] | None:

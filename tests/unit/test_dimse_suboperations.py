@@ -27,6 +27,7 @@ from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformati
 from drimbox.dimse import suboperations
 from drimbox.dimse.admissions import Admissions
 from drimbox.dimse.connection import configure_pynetdicom, receive_into
+from drimbox.dimse.fragments import pdv_items
 from drimbox.dimse.storage import Admitted
 from drimbox.index import db
 from drimbox.index.repository import IndexRepository
@@ -73,7 +74,7 @@ def test_the_request_command_is_read_as_pynetdicom_wrote_it() -> None:
     request.DataSet = io.BytesIO(b"\x08\x00\x16\x00")  # "a data set follows"
     pdu = _pynetdicom_command(request)
     body = memoryview(pdu)[6:]
-    [(context_id, control, start, stop)] = suboperations._items(body)
+    [(context_id, control, start, stop)] = pdv_items(body)
     assert (context_id, control) == (5, 0x03)
     command = suboperations._command(body[start:stop])
     assert command is not None
@@ -109,7 +110,7 @@ def test_only_pending_get_responses_are_dropped(status: int) -> None:
 
 @pytest.mark.parametrize("body", [b"", b"\x00\x00\x00\x01\x05", b"\x00\x00\x00\x09\x05\x03abc"])
 def test_malformed_pdvs_are_left_to_pynetdicom(body: bytes) -> None:
-    assert suboperations._items(memoryview(body)) == []
+    assert pdv_items(memoryview(body)) == []
 
 
 def test_uids_are_checked() -> None:
