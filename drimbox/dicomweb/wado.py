@@ -240,11 +240,11 @@ class Wado:
                  sop: str | None = None) -> Response:  # fmt: skip
         if not accepts_json(parse_accept(request.headers.get("accept"))):
             raise NotAcceptable("metadata is application/dicom+json; the request accepts neither it nor JSON")
-        sidecars = [self._sidecar(held) for held in self.instances(study, series, sop)]
-        if not sidecars:
+        held = list(self.instances(study, series, sop))
+        if not held:
             raise Problem(502, "the PACS did not deliver the instances asked for; retry later")
-        stats = [path.stat() for path in sidecars]
-        etag = _etag([(p.name, s.st_size, s.st_mtime_ns) for p, s in zip(sidecars, stats, strict=True)])
+        self._describe(held)
+        etag = _etag(self.public_prefix, held)
         headers = {"ETag": etag, "Cache-Control": "private, no-cache", "Vary": "Accept-Encoding"}
         gzipped = _accepts_gzip(request.headers.get("accept-encoding", ""))
         if gzipped:
@@ -253,17 +253,44 @@ class Wado:
             return Response(status_code=304, headers=headers)
         if gzipped:
             headers["Content-Encoding"] = "gzip"
-            return StreamingResponse(_gzipped(_plain_array(sidecars)), media_type=DICOM_JSON, headers=headers)
-        return StreamingResponse(_batched(_plain_array(sidecars)), media_type=DICOM_JSON, headers=headers)
+            return StreamingResponse(_gzipped(self._plain_array(held)), media_type=DICOM_JSON, headers=headers)
+        return StreamingResponse(_batched(self._plain_array(held)), media_type=DICOM_JSON, headers=headers)
 
-    def _sidecar(self, held: HeldInstance) -> Path:
-        base = metadata.instance_base(self.public_prefix, held.study_uid, held.series_uid, held.sop_uid)
-        return metadata.ensure_sidecar(Path(held.path), base, self.work_folder)
+    def _describe(self, held: list[HeldInstance]) -> None:
+        """Compute the metadata the index lacks (a store older than the metadata table, a failure
+        at intake), before the response starts: a failure then is a clear error, not a cut body."""
+        missing = set(self.index.metadata_missing([h.sop_uid for h in held]))
+        for instance in held:
+            if instance.sop_uid in missing:
+                base = metadata.instance_base(self.public_prefix, instance.study_uid, instance.series_uid,
+                                              instance.sop_uid)  # fmt: skip
+                self.index.save_metadata(instance.sop_uid, metadata.file_document(Path(instance.path), base))
+
+    def _plain_array(self, held: list[HeldInstance]) -> Iterator[bytes]:
+        """`[`, each instance's JSON, `]`: documents read from the index a few hundred at a time."""
+        separator = b"["
+        for start in range(0, len(held), _METADATA_BATCH):
+            uids = [h.sop_uid for h in held[start : start + _METADATA_BATCH]]
+            documents = self.index.metadata_documents(uids)
+            for uid in uids:
+                document = documents.get(uid)
+                if document is None:  # removed from the index since the response started
+                    log.info("metadata gone", extra={"event": "wado.metadata_gone", "sop_uid": uid})
+                    continue
+                yield separator
+                separator = b","
+                yield zlib.decompress(document, wbits=31)
+        yield b"[]" if separator == b"[" else b"]"
 
 
-def _etag(versions: list[tuple[str, int, int]]) -> str:
-    """A strong validator of the metadata: changes whenever any instance's sidecar does."""
-    return '"' + hashlib.sha256(repr(versions).encode()).hexdigest()[:32] + '"'
+_METADATA_BATCH = 256
+
+
+def _etag(public_prefix: str, held: list[HeldInstance]) -> str:
+    """A strong validator of the metadata: changes whenever an instance is stored again (its
+    `stored_at`), joins or leaves, and when the public base URL of the BulkDataURIs changes."""
+    versions = [(h.sop_uid, h.stored_at.isoformat() if h.stored_at else "") for h in held]
+    return '"' + hashlib.sha256(repr((public_prefix, versions)).encode()).hexdigest()[:32] + '"'
 
 
 def _accepts_gzip(header: str) -> bool:
@@ -283,7 +310,7 @@ def _etags(header: str | None) -> set[str]:
 def _gzipped(chunks: Iterator[bytes]) -> Iterator[bytes]:
     """One gzip stream (level 1: fast, and JSON still shrinks about 10 times).
 
-    Concatenating the sidecars' own gzip members would be cheaper, but common clients (httpx
+    Concatenating the instances' own gzip members would be cheaper, but common clients (httpx
     among them) decode only the first member of a multi-member body.
     """
     packer = zlib.compressobj(1, zlib.DEFLATED, 31)
@@ -292,15 +319,6 @@ def _gzipped(chunks: Iterator[bytes]) -> Iterator[bytes]:
         if packed:
             yield packed
     yield packer.flush()
-
-
-def _plain_array(sidecars: list[Path]) -> Iterator[bytes]:
-    yield b"["
-    for number, path in enumerate(sidecars):
-        if number:
-            yield b","
-        yield zlib.decompress(path.read_bytes(), wbits=31)
-    yield b"]"
 
 
 def _logged(body: Iterator[Piece], study: str) -> Iterator[Piece]:

@@ -105,6 +105,21 @@ class Instance(Base):
     series: Mapped[Series] = relationship(back_populates="instances")
 
 
+class InstanceMetadata(Base):
+    """The WADO-RS metadata of a stored instance: its DICOM JSON, one gzip member.
+
+    Computed once when the file enters the store and kept here rather than in a file beside the
+    instance: a file creation per instance cost as much as the rest of its admission. A table
+    of its own keeps the instance rows (which QIDO scans) small. Kept when the file is evicted
+    (the next copy of the same instance has the same metadata; storing it again replaces it).
+    """
+
+    __tablename__ = "instance_metadata"
+
+    sop_uid: Mapped[str] = mapped_column(ForeignKey("instance.sop_uid", ondelete="CASCADE"), primary_key=True)
+    document: Mapped[bytes] = mapped_column(LargeBinary)
+
+
 class KosGrant(Base):
     """A KOS manifest we published for a study: holding its UID is what opens the study (DRIM-M A8).
 

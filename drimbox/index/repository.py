@@ -22,7 +22,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from drimbox.index.models import Instance, KosGrant, Patient, Publication, Series, Study
+from drimbox.index.models import Instance, InstanceMetadata, KosGrant, Patient, Publication, Series, Study
 from drimbox.index.records import (
     InstanceEntry,
     InstanceRecord,
@@ -70,6 +70,7 @@ class HeldInstance:
     transfer_syntax_uid: str
     path: str
     size: int
+    stored_at: datetime | None = None  # when this copy entered the store (a version of its metadata)
 
 
 class IndexRepository:
@@ -139,7 +140,7 @@ class IndexRepository:
 
         self._write(work)
 
-    def record_stored(self, entry: InstanceEntry, peer: str = "") -> None:
+    def record_stored(self, entry: InstanceEntry, peer: str = "", document: bytes | None = None) -> None:
         """Index a complete instance file that has just entered the store, from patient down.
 
         The first instance of a series goes through the full upsert (patient, study, series);
@@ -147,21 +148,36 @@ class IndexRepository:
         ~10 ms per instance, which a 500-slice CT retrieval cannot afford. Study and patient
         attributes are taken from the series' first instance.
         """
+        dialect = self.engine.dialect.name
+        documents = _document_values([entry], [document])
         if entry.series.series_uid in self._known_series:
             try:
                 with self._write_lock, self.engine.begin() as conn:
-                    conn.execute(_stored_instance_statement(self.engine.dialect.name), _stored_instance_values(entry))
+                    conn.execute(_stored_instance_statement(dialect), _stored_instance_values(entry))
+                    if documents:
+                        conn.execute(_metadata_statement(dialect), documents)
                 return
             except IntegrityError:  # the series row was removed meanwhile: take the full path
                 self._known_series.discard(entry.series.series_uid)
 
-        self._write(lambda session: _record_full(session, entry, peer))
+        def work(session: Session) -> None:
+            _record_full(session, entry, peer)
+            if documents:
+                session.flush()
+                session.connection().execute(_metadata_statement(dialect), documents)
+
+        self._write(work)
         if len(self._known_series) > 4096:
             self._known_series.clear()
         self._known_series.add(entry.series.series_uid)
 
-    def record_stored_many(self, entries: Sequence[InstanceEntry], peer: str = "") -> None:
+    def record_stored_many(
+        self, entries: Sequence[InstanceEntry], peer: str = "", documents: Sequence[bytes | None] = ()
+    ) -> None:
         """`record_stored` for several files in one transaction: all are indexed, or none.
+
+        `documents`, when given, are the entries' WADO-RS metadata (None: not computed), saved in
+        the same transaction.
 
         Instances of series already known are one multi-row statement; the first instance of a
         series takes the full upsert (patient, study, series) in the same transaction. A known
@@ -171,6 +187,7 @@ class IndexRepository:
         if not entries:
             return
         statement = _stored_instance_statement(self.engine.dialect.name)
+        saved = _document_values(entries, documents)
 
         def work(session: Session) -> None:
             known: list[dict[str, Any]] = []
@@ -186,6 +203,9 @@ class IndexRepository:
                 self._known_series.add(entry.series.series_uid)
             if known:
                 session.connection().execute(statement, known)  # Core: the ORM's bulk path costs 3x
+            if saved:
+                session.flush()
+                session.connection().execute(_metadata_statement(self.engine.dialect.name), saved)
 
         try:
             self._write(work)
@@ -368,6 +388,35 @@ class IndexRepository:
                 query = query.where(Series.series_uid == series_uid)
             return [_held(study, series, i) for study, series, i in session.execute(query)]
 
+    # --- WADO-RS metadata ------------------------------------------------------------------
+
+    def metadata_documents(self, sop_uids: Sequence[str]) -> dict[str, bytes]:
+        """The saved metadata documents of these instances (those without one are absent)."""
+        found: dict[str, bytes] = {}
+        with self.session() as session:
+            for start in range(0, len(sop_uids), 500):
+                query = select(InstanceMetadata.sop_uid, InstanceMetadata.document).where(
+                    InstanceMetadata.sop_uid.in_(sop_uids[start : start + 500])
+                )
+                found.update((uid, document) for uid, document in session.execute(query))
+        return found
+
+    def metadata_missing(self, sop_uids: Sequence[str]) -> list[str]:
+        """Which of these instances have no saved metadata document (in their order)."""
+        present: set[str] = set()
+        with self.session() as session:
+            for start in range(0, len(sop_uids), 500):
+                query = select(InstanceMetadata.sop_uid).where(
+                    InstanceMetadata.sop_uid.in_(sop_uids[start : start + 500])
+                )
+                present.update(session.scalars(query))
+        return [uid for uid in sop_uids if uid not in present]
+
+    def save_metadata(self, sop_uid: str, document: bytes) -> None:
+        """Save (or replace) an instance's metadata document; the instance must be indexed."""
+        rows = [{"sop_uid": sop_uid, "document": document}]
+        self._write(lambda session: session.connection().execute(_metadata_statement(self.engine.dialect.name), rows))
+
     # --- the store as a cache: what was served when, what to evict ---------------------------
 
     def touch(self, sop_uids: Iterable[str]) -> None:
@@ -477,7 +526,7 @@ def _held_rows() -> Select[str, str, Instance]:
 
 def _held(study_uid: str, series_uid: str, row: Instance) -> HeldInstance:
     return HeldInstance(study_uid, series_uid, row.sop_uid, row.sop_class_uid, row.transfer_syntax_uid,
-                        row.file_path or "", row.file_size or 0)  # fmt: skip
+                        row.file_path or "", row.file_size or 0, row.stored_at)  # fmt: skip
 
 
 # --- helpers used inside one transaction ------------------------------------------------
@@ -587,6 +636,26 @@ def _stored_instance_statement(dialect: str) -> Any:
     return statement.on_conflict_do_update(
         index_elements=[Instance.sop_uid], set_={name: excluded[name] for name in _STORED_COLUMNS}
     )
+
+
+@functools.cache
+def _metadata_statement(dialect: str) -> Any:
+    """INSERT an instance's metadata document, or replace the one it had."""
+    insert = sqlite_insert if dialect == "sqlite" else postgresql_insert
+    statement = insert(InstanceMetadata).values(sop_uid=bindparam("sop_uid"), document=bindparam("document"))
+    return statement.on_conflict_do_update(
+        index_elements=[InstanceMetadata.sop_uid], set_={"document": statement.excluded.document}
+    )
+
+
+def _document_values(entries: Sequence[InstanceEntry], documents: Sequence[bytes | None]) -> list[dict[str, Any]]:
+    if documents and len(documents) != len(entries):
+        raise ValueError("one metadata document (or None) per entry")
+    return [
+        {"sop_uid": entry.instance.sop_uid, "document": document}
+        for entry, document in zip(entries, documents, strict=False)
+        if document is not None
+    ]
 
 
 def _stored_instance_values(entry: InstanceEntry) -> dict[str, Any]:

@@ -136,7 +136,7 @@ class InstanceStore:
             path = Path(name).resolve()
             if path.is_relative_to(root):
                 path.unlink(missing_ok=True)
-                path.with_suffix(".meta.gz").unlink(missing_ok=True)
+                path.with_suffix(".meta.gz").unlink(missing_ok=True)  # metadata of stores before 0006
                 path.with_suffix(".frames.json").unlink(missing_ok=True)
 
 

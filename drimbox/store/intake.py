@@ -174,13 +174,14 @@ class InstanceIntake:
         A batch is what a retrieval's admissions found waiting: one transaction for up to 32
         instances instead of one each (~0.5 ms of SQLAlchemy and SQLite per instance).
         """
+        documents = [self._document(item.inspected) for item in batch]
         placed: list[tuple[CheckedFile, bool]] = []
         try:
             for item in batch:
                 replacing = item.final.exists()
                 self.store.admit(item.received, item.inspected)
                 placed.append((item, replacing))
-            self.index.record_stored_many([item.entry for item in batch], peer)
+            self.index.record_stored_many([item.entry for item in batch], peer, documents)
         except BaseException:
             for item, replacing in placed:
                 if not replacing:
@@ -192,7 +193,6 @@ class InstanceIntake:
             item.inspected.dataset.filename = str(item.final)  # values pydicom deferred are now read from here
             if replacing:  # offsets of the previous copy no longer hold
                 item.final.with_suffix(".frames.json").unlink(missing_ok=True)
-            self._describe(item.final, item.inspected)
             if audited:
                 self._audit_stored(item, sender)
         return [item.entry for item in batch]
@@ -209,15 +209,16 @@ class InstanceIntake:
             )
         )
 
-    def _describe(self, final: Path, inspected: InspectedFile) -> None:
-        """Write the instance's WADO-RS metadata now, so no request ever parses the file for it.
+    def _document(self, inspected: InspectedFile) -> bytes | None:
+        """The instance's WADO-RS metadata, computed now so no request ever parses the file for it.
 
-        A failure here does not refuse the instance: the metadata is computed on first request.
+        A failure here does not refuse the instance: its metadata is computed on first request.
         """
         if not self.public_prefix:
-            return
+            return None
         base = metadata.instance_base(self.public_prefix, inspected.study_uid, inspected.series_uid, inspected.sop_uid)
         try:
-            metadata.write_sidecar(final, inspected.dataset, base, self.store.incoming, inspected.elements)
+            return metadata.document(inspected.dataset, base, inspected.elements)
         except Exception as exc:
-            log.warning("metadata not written", extra={"event": "metadata.failed", "reason": str(exc)})
+            log.warning("metadata not computed", extra={"event": "metadata.failed", "reason": str(exc)})
+            return None

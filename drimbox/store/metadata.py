@@ -1,11 +1,10 @@
 """WADO-RS metadata (DICOM JSON, PS3.18 F.2), computed once per instance and kept gzipped.
 
-The JSON is built when an instance enters the store, from the real file, and written beside it
-as `<sop>.meta.gz`: serving metadata never re-parses a pixel file. Values too large to inline
-(pixel data, big binary elements) become BulkDataURIs built from the configured public base
-URL, never from a request. Each sidecar is one gzip member holding one JSON object, so a
-series' or study's metadata is the concatenation `[`, member, `,`, member, …, `]`, sent as is
-to clients that accept gzip.
+The JSON is built when an instance enters the store, from the real file, and saved gzipped in
+the index (`instance_metadata`) with the instance's row: serving metadata never re-parses a
+pixel file. Values too large to inline (pixel data, big binary elements) become BulkDataURIs
+built from the configured public base URL, never from a request. A series' or study's metadata
+is the array of its instances' documents.
 """
 
 from __future__ import annotations
@@ -24,8 +23,6 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
 
-from drimbox.store.files import write_atomically
-
 log = logging.getLogger(__name__)
 
 BULK_THRESHOLD = 1024
@@ -34,7 +31,6 @@ PIXEL_DATA = 0x7FE00010
 _NATIVE_SYNTAXES = frozenset(
     {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"}
 )
-_SUFFIX = ".meta.gz"
 _SPECIFIC_CHARACTER_SET = BaseTag(0x00080005)
 _AMBIGUOUS = frozenset({"US or SS", "OB or OW", "US or OW", "US or SS or OW"})
 _MEMO: dict[tuple[object, ...], str] = {}  # in use order: least recently used first
@@ -44,11 +40,6 @@ _MEMO_VALUE_BYTES = 256
 _MEMO_SEQUENCE_BYTES = 1024  # (at most ~8192 × 3 KiB with its JSON)
 
 Element = DataElement | RawDataElement
-
-
-def sidecar(instance_file: Path) -> Path:
-    """Where the metadata of `instance_file` lives."""
-    return instance_file.with_suffix(_SUFFIX)
 
 
 def instance_base(public_prefix: str, study_uid: str, series_uid: str, sop_uid: str) -> str:
@@ -173,27 +164,11 @@ def encode(text: str) -> bytes:
     return gzip.compress(text.encode("utf-8"), compresslevel=6, mtime=0)
 
 
-def write_sidecar(
-    instance_file: Path,
-    ds: Dataset,
-    base_url: str,
-    work: Path | None = None,
-    elements: Mapping[BaseTag, Element] | None = None,
-) -> Path:
-    """Compute and write the metadata of an instance file atomically; return the sidecar path.
-
-    The partial file is written in `work` (the store's incoming/, cleaned at start) so a crash
-    never leaves debris beside the instances.
-    """
-    target = sidecar(instance_file)
-    write_atomically(target, encode(metadata_text(ds, base_url, elements)), work)
-    return target
+def document(ds: Dataset, base_url: str, elements: Mapping[BaseTag, Element] | None = None) -> bytes:
+    """The metadata document of a data set, as the index keeps it (`metadata_text`, gzipped)."""
+    return encode(metadata_text(ds, base_url, elements))
 
 
-def ensure_sidecar(instance_file: Path, base_url: str, work: Path | None = None) -> Path:
-    """The sidecar of an instance, computed now if it is missing (an older store, a failure at intake)."""
-    target = sidecar(instance_file)
-    if target.exists():
-        return target
-    ds = dcmread(instance_file, defer_size=BULK_THRESHOLD)
-    return write_sidecar(instance_file, ds, base_url, work)
+def file_document(instance_file: Path, base_url: str) -> bytes:
+    """The metadata document of an instance file, read now (an older store, a failure at intake)."""
+    return document(dcmread(instance_file, defer_size=BULK_THRESHOLD), base_url)

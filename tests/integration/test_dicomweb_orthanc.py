@@ -21,7 +21,7 @@ from dicomweb_client.api import DICOMwebClient
 from PIL import Image
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from drimbox.auth.factory import make_verifier
 from drimbox.config import AuthSettings
@@ -138,6 +138,13 @@ def test_metadata_is_dicom_json_with_bulk_data_uris_from_configuration(box: Box)
     assert again.status_code == 304
     plain = httpx.get(url, headers=box.headers(**{"Accept-Encoding": "identity"}), timeout=30)
     assert plain.json() == first.json()
+
+    with box.node.index.session() as session, session.begin():  # a store older than the metadata table
+        session.execute(text("DELETE FROM instance_metadata"))
+    recomputed = httpx.get(url, headers=box.headers(), timeout=30)
+    assert recomputed.status_code == 200 and recomputed.json() == first.json()
+    assert recomputed.headers["etag"] == first.headers["etag"], "the same files, the same metadata"
+    assert box.node.index.metadata_missing([f.stem for f in box.files]) == []
 
 
 def test_first_instance_reaches_the_client_before_orthanc_sent_the_last(box: Box) -> None:

@@ -178,3 +178,57 @@ def test_a_batch_is_recorded_whole_or_not_at_all(index: IndexRepository, monkeyp
     with pytest.raises(RuntimeError):
         index.record_stored_many([entry("1.2.3.1.1", 2), entry("1.2.3.1.2", 1)], "main")
     assert [h.sop_uid for h in index.held("1.2.3.1")] == ["1.2.3.1.1.1"]
+
+
+def test_metadata_documents_travel_with_their_instances(index: IndexRepository) -> None:
+    """Saved in the batch's transaction (new and known series alike), replaced when the instance is
+    stored again, kept when its file is released, gone with its study."""
+
+    def entry(series: str, number: int) -> InstanceEntry:
+        instance = InstanceRecord(f"{series}.{number}", MG, number)
+        return InstanceEntry(_study(1), SeriesRecord(series, modality="MG"), instance, StoredFile(f"/{number}", 1))
+
+    first = [entry("1.2.3.1.1", 1), entry("1.2.3.1.1", 2), entry("1.2.3.1.2", 1)]
+    index.record_stored_many(first, "main", [b"doc-1", None, b"doc-3"])
+    uids = ["1.2.3.1.1.1", "1.2.3.1.1.2", "1.2.3.1.2.1"]
+    assert index.metadata_documents(uids) == {"1.2.3.1.1.1": b"doc-1", "1.2.3.1.2.1": b"doc-3"}
+    assert index.metadata_missing(uids) == ["1.2.3.1.1.2"]
+
+    before = {h.sop_uid: h.stored_at for h in index.held("1.2.3.1")}
+    index.record_stored_many([entry("1.2.3.1.1", 1), entry("1.2.3.1.1", 2)], "main", [b"doc-1b", b"doc-2"])
+    assert index.metadata_documents(uids[:2]) == {"1.2.3.1.1.1": b"doc-1b", "1.2.3.1.1.2": b"doc-2"}
+    after = {h.sop_uid: h.stored_at for h in index.held("1.2.3.1")}
+    assert after["1.2.3.1.1.1"] != before["1.2.3.1.1.1"], "stored_at versions the metadata (its ETag)"
+
+    index.save_metadata("1.2.3.1.1.2", b"doc-2b")
+    index.release_files(["1.2.3.1.1.2"])
+    assert index.metadata_documents(["1.2.3.1.1.2"]) == {"1.2.3.1.1.2": b"doc-2b"}
+    with pytest.raises(ValueError):
+        index.record_stored_many(first, "main", [b"one document for three entries"])
+
+    index.remove_studies(["1.2.3.1"])
+    assert index.metadata_documents(uids) == {}
+    with index.session() as session:
+        assert session.execute(text("SELECT count(*) FROM instance_metadata")).scalar() == 0
+
+
+def test_metadata_documents_are_not_saved_when_their_batch_fails(
+    index: IndexRepository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from drimbox.index import repository
+
+    def entry(series: str, number: int) -> InstanceEntry:
+        instance = InstanceRecord(f"{series}.{number}", MG, number)
+        return InstanceEntry(_study(1), SeriesRecord(series, modality="MG"), instance, StoredFile(f"/{number}", 1))
+
+    index.record_stored_many([entry("1.2.3.1.1", 1)], "main", [b"kept"])
+    statement = repository._metadata_statement(index.engine.dialect.name)
+
+    def broken(dialect: str) -> Any:
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(repository, "_metadata_statement", broken)
+    with pytest.raises(RuntimeError):
+        index.record_stored_many([entry("1.2.3.1.1", 2), entry("1.2.3.1.2", 1)], "main", [b"a", b"b"])
+    assert [h.sop_uid for h in index.held("1.2.3.1")] == ["1.2.3.1.1.1"], "no instance row without its document"
+    assert statement is not None and index.metadata_documents(["1.2.3.1.1.1"]) == {"1.2.3.1.1.1": b"kept"}

@@ -274,7 +274,7 @@ def test_a_large_in_process_retrieval_is_admitted_by_the_admission_process(
     assert (report.stored, report.failed) == (40, 0) and sorted(seen) == sorted(f.stem for f in files)
     assert sum(sizes) == 40 and 0 not in sizes
     _check_retrieved(node, files, spec.study_uid)
-    assert all(Path(h.path).with_suffix(".meta.gz").exists() for h in node.index.held(spec.study_uid))
+    assert node.index.metadata_missing([h.sop_uid for h in node.index.held(spec.study_uid)]) == []
 
 
 def _no_intake(settings: Any) -> Any:

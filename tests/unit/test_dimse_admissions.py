@@ -57,7 +57,7 @@ def test_instances_are_admitted_in_order_after_the_answer(intake: InstanceIntake
     assert [a.sop_uid for a in admitted] == [p.stem for p in sources]
     for item in admitted:
         assert Path(item.path).read_bytes() == (tmp_path / "src" / f"{item.sop_uid}.dcm").read_bytes()
-        assert Path(item.path).with_suffix(".meta.gz").exists()
+    assert intake.index.metadata_missing([a.sop_uid for a in admitted]) == []
     assert admissions.failures == []
     assert intake.index.counts().instances == 5
     assert list(intake.store.incoming.iterdir()) == []
