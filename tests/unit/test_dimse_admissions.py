@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -185,3 +186,36 @@ def test_an_unexpected_error_never_stops_the_queue(
             admissions.handle(_received(intake, source))
     assert len(admissions.failures) == 5 and all("Read-only" in f for f in admissions.failures)
     assert list(intake.store.incoming.iterdir()) == []
+
+
+def test_instances_arriving_close_together_share_a_batch(
+    intake: InstanceIntake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One transaction (and one exchange with the admission process) for a run of small instances,
+    a batch of its own for one that comes after a pause, and the end of the retrieval closes the
+    batch being gathered at once rather than after the gathering time."""
+    from drimbox.dimse import admissions as module
+
+    monkeypatch.setattr(module, "_NEXT", 0.5)
+    monkeypatch.setattr(module, "_GATHER", 30.0)
+    sizes: list[int] = []
+    place = intake.place
+
+    def counted(batch: Any, **kwargs: Any) -> Any:
+        sizes.append(len(batch))
+        return place(batch, **kwargs)
+
+    monkeypatch.setattr(intake, "place", counted)
+    sources = write_study(StudySpec(series=[(CT, "CT", 6)], rows=64, columns=64), tmp_path / "src")
+    admitted: list[Admitted] = []
+    with Admissions(intake, "pacs", admitted.append) as admissions:
+        for source in sources[:4]:
+            admissions.handle(_received(intake, source))
+        time.sleep(1.5)  # longer than _NEXT: the run of four is admitted meanwhile
+        assert sizes == [4] and len(admitted) == 4
+        started = time.monotonic()
+        for source in sources[4:]:
+            admissions.handle(_received(intake, source))
+    assert time.monotonic() - started < 10, "the end of the retrieval did not wait for _GATHER"
+    assert sizes == [4, 2] and [a.sop_uid for a in admitted] == [p.stem for p in sources]
+    assert admissions.failures == []
