@@ -48,10 +48,18 @@ def install() -> None:
 
 
 def read_pdu_data(self: Any) -> None:
-    """pynetdicom's `_read_pdu_data`, with data-set fragments written straight to their file."""
+    """pynetdicom's `_read_pdu_data`, with data-set fragments written straight to their file.
+
+    The read of a short-path PDU's body also takes the next PDU's header when it has arrived
+    (one system call where there were three: header, body, and select() for the next). A header
+    read ahead is always handled here before returning, by this path or pynetdicom's: the reactor
+    never sees bytes of a PDU it has not been given.
+    """
     taken = 0
-    for _ in range(_BATCH):
-        header = _read_header(self)
+    ahead: tuple[int, int, bytes] | None = None
+    for count in range(_BATCH + 1):
+        header = ahead if ahead is not None else _read_header(self)
+        ahead = None
         if header is None:
             return
         pdu_type, pdu_length, raw_header = header
@@ -63,9 +71,11 @@ def read_pdu_data(self: Any) -> None:
         if suboperations is None and target is None:
             _standard(self, raw_header, pdu_length, None)
             return
-        body = _read_body(self, pdu_length)
-        if body is None:
+        last = count >= _BATCH - 1 or taken >= _BATCH_BYTES or self._kill_thread or not self.to_provider_queue.empty()
+        read = _read_body(self, pdu_length, look_ahead=not last)
+        if read is None:
             return
+        body, early = read
         if suboperations is not None:
             receiving = suboperations.receiving
             taken_whole = suboperations.take(self, body)
@@ -78,18 +88,26 @@ def read_pdu_data(self: Any) -> None:
             taken_whole = _write_fragments(body, target[1], target[0])
         if not taken_whole:
             _standard(self, raw_header, pdu_length, bytes(body))
-            return
-        self._idle_timer.restart()
-        taken += pdu_length
-        if taken >= _BATCH_BYTES or self._kill_thread or not self.to_provider_queue.empty():
+        else:
+            self._idle_timer.restart()
+            taken += pdu_length
+        if early:
+            ahead = _complete_header(self, early)
+            continue  # (handled even past the limits: it was read)
+        if not taken_whole or last or not self.to_provider_queue.empty():
             return
         if not _next_pdu_arrives(self.socket):
             return
 
 
 def _read_header(self: Any) -> tuple[int, int, bytes] | None:
+    return _complete_header(self, b"")
+
+
+def _complete_header(self: Any, start: bytes) -> tuple[int, int, bytes] | None:
+    """The PDU header that begins with `start` (what a body read took beyond its PDU), read whole."""
     try:
-        raw = bytes(self.socket.recv(6))
+        raw = start + bytes(self.socket.recv(6 - len(start))) if len(start) < 6 else start
     except (OSError, TimeoutError) as exc:
         _connection_lost(self, exc)
         return None
@@ -163,27 +181,30 @@ def _suboperations(self: Any) -> Any:
     return suboperations
 
 
-def _read_body(self: Any, length: int) -> memoryview | None:
+def _read_body(self: Any, length: int, look_ahead: bool = False) -> tuple[memoryview, bytes] | None:
+    """The PDU body, in the reusable buffer; with `look_ahead`, also the 0-6 bytes of the next
+    PDU's header that had arrived with it (never waiting for them)."""
+    wanted = length + 6 if look_ahead else length
     buffer: bytearray | None = getattr(self, "_drimbox_buffer", None)
-    if buffer is None or len(buffer) < length:
-        buffer = bytearray(max(length, 1 << 16))
+    if buffer is None or len(buffer) < wanted:
+        buffer = bytearray(max(wanted, 1 << 16))
         self._drimbox_buffer = buffer
-    view = memoryview(buffer)[:length]
+    view = memoryview(buffer)
     received = 0
     try:
         while received < length:
-            count = self.socket.socket.recv_into(view[received:], length - received)
+            count = self.socket.socket.recv_into(view[received:wanted], wanted - received)
             if not count:
                 break
             received += count
     except (OSError, TimeoutError) as exc:
         _connection_lost(self, exc)
         return None
-    if received != length:
+    if received < length:
         log.error(f"The received PDU is shorter than expected ({6 + received} of {6 + length} bytes received)")
         self.event_queue.put("Evt17")
         return None
-    return view
+    return view[:length], bytes(view[length:received])
 
 
 def pdv_items(body: memoryview) -> list[tuple[int, int, int, int]]:

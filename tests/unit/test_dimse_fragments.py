@@ -12,6 +12,7 @@ import io
 import queue
 import socket
 import struct
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,6 +120,34 @@ def test_a_primitive_waiting_to_be_sent_gets_the_reactor_back_at_once(wire: Any)
     assert dul.message._data_set_file.getvalue() == b"one"  # the second PDU waits for the next turn
     fragments.read_pdu_data(dul)
     assert dul.message._data_set_file.getvalue() == b"onetwo"
+
+
+def test_a_header_read_with_the_body_before_it_is_handled_in_the_same_turn(wire: Any) -> None:
+    """The next PDU's header arrives with a body: that PDU is handled before the reactor gets its
+    turn, by pynetdicom's path when it is not a fragment (here an A-RELEASE-RQ), nothing lost."""
+    theirs, dul = wire
+    release = struct.pack(">BBL", 0x05, 0, 4) + b"\x00\x00\x00\x00"
+    theirs.sendall(p_data(pdv(1, 0x00, b"one")) + release)
+    fragments.read_pdu_data(dul)
+    assert dul.message._data_set_file.getvalue() == b"one"
+    assert dul.decoded == [release]
+    theirs.setblocking(False)
+    ours = dul.socket.socket
+    ours.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        ours.recv(1)  # every byte sent was handled
+
+
+def test_a_header_split_across_reads_is_completed(wire: Any) -> None:
+    theirs, dul = wire
+    second = p_data(pdv(1, 0x00, b"two"))
+    theirs.sendall(p_data(pdv(1, 0x00, b"one")) + second[:3])
+    sender = threading.Timer(0.2, theirs.sendall, args=(second[3:],))
+    sender.start()
+    fragments.read_pdu_data(dul)
+    sender.join()
+    assert dul.message._data_set_file.getvalue() == b"onetwo"
+    assert dul.decoded == [] and dul.event_queue.empty()
 
 
 @pytest.mark.parametrize(
