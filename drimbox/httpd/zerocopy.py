@@ -55,7 +55,10 @@ class ZeroCopyCycle(h11_impl.RequestResponseCycle):
             try:
                 if chunked:
                     self.transport.write(b"%x\r\n" % count)
-                sent = await asyncio.get_running_loop().sendfile(self.transport, message["file"], offset, count)
+                sent = _sent_at_once(self.transport, message["file"], offset, count)
+                if sent < count:
+                    loop = asyncio.get_running_loop()
+                    sent += await loop.sendfile(self.transport, message["file"], offset + sent, count - sent)
                 if sent != count:
                     raise OSError(f"file shorter than announced: {sent} of {count} bytes")
                 if chunked:
@@ -83,6 +86,32 @@ class ZeroCopyCycle(h11_impl.RequestResponseCycle):
             await super().send({"type": "http.response.body", "body": data, "more_body": True})
         if not message.get("more_body", False):
             await super().send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _sent_at_once(transport: Any, file: Any, offset: int, count: int) -> int:
+    """What sendfile(2) sends right now, straight to the socket (0 when it cannot be used).
+
+    asyncio's `loop.sendfile` costs a future, a writer registration and its removal (epoll
+    system calls) and a pause of reading for every file, whatever its size: with 8 clients on a
+    CT of 500 slices, half of the event loop's time. Most slices fit in the socket's buffer at
+    once; only what does not goes through `loop.sendfile` (which also waits for room). Only on a
+    plain socket transport with nothing buffered before it (the bytes must leave in order).
+    """
+    if transport.get_write_buffer_size() or transport.get_extra_info("sslcontext") is not None:
+        return 0
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return 0
+    sent = 0
+    try:
+        while sent < count:
+            done = os.sendfile(sock.fileno(), file.fileno(), offset + sent, count - sent)
+            if done == 0:  # the file is shorter than announced: loop.sendfile says so
+                break
+            sent += done
+    except (BlockingIOError, InterruptedError):
+        pass
+    return sent
 
 
 def _span(message: Any) -> tuple[int, int]:

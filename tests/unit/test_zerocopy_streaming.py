@@ -92,6 +92,48 @@ def test_served_by_uvicorn_the_files_go_out_by_sendfile(tmp_path: Path) -> None:
     assert body.all_closed()
 
 
+def test_what_the_socket_cannot_take_at_once_goes_through_asyncio(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A small file leaves by one sendfile(2) straight from the handler; a file larger than the
+    socket's buffer, read by a slow client, is finished by asyncio's sendfile: same bytes."""
+    calls: list[tuple[int, int]] = []
+    direct = zerocopy._sent_at_once
+
+    def spied(transport: Any, file: Any, offset: int, count: int) -> int:
+        sent = direct(transport, file, offset, count)
+        calls.append((count, sent))
+        return sent
+
+    monkeypatch.setattr(zerocopy, "_sent_at_once", spied)
+    body, seen = Body(tmp_path), []
+    with serving(app_for(body, seen)) as port, socket.socket() as client:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a slow reader's small window
+        client.connect(("127.0.0.1", port))
+        client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        time.sleep(0.3)
+        received = b""
+        while chunk := client.recv(1 << 16):
+            received += chunk
+    head, _, chunked = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert _unchunked(chunked) == body.expected
+    (big_count, big_sent), (small_count, small_sent) = calls
+    assert big_count == 3 << 20 and 0 < big_sent < big_count, "the rest went through loop.sendfile"
+    assert small_sent == small_count == 100
+    assert body.all_closed()
+
+
+def _unchunked(data: bytes) -> bytes:
+    out = b""
+    while True:
+        size_line, _, data = data.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            return out
+        out, data = out + data[:size], data[size + 2 :]
+
+
 def test_over_tls_the_files_are_read_and_written_by_asyncio(tmp_path: Path) -> None:
     """A TLS transport cannot sendfile(2): asyncio's fallback reads the file; the body is the same."""
     pki = create_pki(tmp_path / "pki", "499700367909006")
