@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import multiprocessing
-import os
 import queue
 import threading
 import time
@@ -37,7 +35,7 @@ from typing import Any
 
 from drimbox.config import Settings
 from drimbox.dimse.connection import ReceivedFile
-from drimbox.dimse.parallel import RetrieverFactory, exit_with_parent
+from drimbox.dimse.parallel import RetrieverFactory, spawn_pool
 from drimbox.dimse.storage import STATUS_SUCCESS, Admitted, Listener
 from drimbox.errors import DrimboxError
 from drimbox.store.intake import CheckedFile, InstanceIntake
@@ -246,12 +244,7 @@ class AdmissionProcess:
             if self._ready is not None:
                 return
             if self._executor is None:
-                self._executor = ProcessPoolExecutor(
-                    max_workers=1,
-                    mp_context=multiprocessing.get_context("spawn"),
-                    initializer=_start_admitter,
-                    initargs=(self.settings, self.factory, os.getpid()),
-                )
+                self._executor = spawn_pool(1, _start_admitter, self.settings, self.factory)
             try:
                 self._ready = self._executor.submit(_started)
             except (BrokenProcessPool, RuntimeError):  # (RuntimeError: shut down meanwhile)
@@ -294,10 +287,9 @@ class AdmissionProcess:
 _intake: InstanceIntake | None = None
 
 
-def _start_admitter(settings: Settings, factory: RetrieverFactory, parent: int) -> None:
+def _start_admitter(settings: Settings, factory: RetrieverFactory) -> None:
     global _intake
     _intake = factory(settings).storage.intake
-    threading.Thread(target=exit_with_parent, args=(parent,), daemon=True).start()
 
 
 def _started() -> bool:

@@ -82,12 +82,7 @@ class WorkerPool:
         with self._lock:
             if self._executor is None:
                 self._arrivals = self._context.Queue(maxsize=256)
-                self._executor = ProcessPoolExecutor(
-                    max_workers=self.processes,
-                    mp_context=self._context,
-                    initializer=_start_worker,
-                    initargs=(self.settings, self.factory, self._arrivals, os.getpid()),
-                )
+                self._executor = spawn_pool(self.processes, _start_worker, self.settings, self.factory, self._arrivals)
             return self._executor
 
     def run(
@@ -149,18 +144,33 @@ _worker: Retriever | None = None
 _arrivals: Any = None
 
 
-def _start_worker(settings: Settings, factory: RetrieverFactory, arrivals: Any, parent: int) -> None:
-    global _worker, _arrivals
-    _worker = factory(settings)
-    _arrivals = arrivals
-    threading.Thread(target=exit_with_parent, args=(parent,), daemon=True).start()
+def spawn_pool(workers: int, initializer: Callable[..., None], *initargs: Any) -> ProcessPoolExecutor:
+    """Processes started fresh (spawn: no copy of this process's threads and locks) that run
+    `initializer(*initargs)` first, and exit when this process is gone (`watch_parent`)."""
+    return ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_initialized,
+        initargs=(initializer, os.getpid(), *initargs),
+    )
 
 
-def exit_with_parent(parent: int) -> None:
+def _initialized(initializer: Callable[..., None], parent: int, *initargs: Any) -> None:
+    initializer(*initargs)
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+
+
+def _exit_with_parent(parent: int) -> None:
     """A worker's watch: once the process that started it is gone, so is the worker."""
     while os.getppid() == parent:
         time.sleep(0.2)
     os._exit(1)
+
+
+def _start_worker(settings: Settings, factory: RetrieverFactory, arrivals: Any) -> None:
+    global _worker, _arrivals
+    _worker = factory(settings)
+    _arrivals = arrivals
 
 
 def _retrieve_part(peer: str, study_uid: str, part: Part) -> PartResult:

@@ -222,10 +222,7 @@ class Retriever:
         """Worth the admission process: as many instances as would be worth splitting over processes."""
         if self.admission is None:
             return False
-        if sop_uids:
-            expected = len(sop_uids)
-        else:
-            expected = sum(len(uids) for uids in self.index.instances_by_series(study_uid, series_uid).values())
+        expected = len(sop_uids) if sop_uids else self.index.instance_count(study_uid, series_uid)
         return expected >= self.settings.peer(peer).parallel_min_instances
 
     def _cget_into(

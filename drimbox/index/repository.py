@@ -312,6 +312,14 @@ class IndexRepository:
                 query = query.where(Series.series_uid == series_uid)
             return set(session.scalars(query))
 
+    def instance_count(self, study_uid: str, series_uid: str | None = None) -> int:
+        """How many instances the index knows in a study (or one of its series)."""
+        with self.session() as session:
+            query = select(func.count(Instance.id)).join(Series).join(Study).where(Study.study_uid == study_uid)
+            if series_uid:
+                query = query.where(Series.series_uid == series_uid)
+            return int(session.scalar(query) or 0)
+
     def instances_by_series(self, study_uid: str, series_uid: str | None = None) -> dict[str, list[str]]:
         """Series UID → its SOP Instance UIDs in instance-number order, for a study (or one series)."""
         with self.session() as session:

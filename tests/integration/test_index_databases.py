@@ -151,6 +151,8 @@ def test_stored_files_recorded_in_batches(index: IndexRepository) -> None:
     held = {h.sop_uid: h.size for h in index.held("1.2.3.1")}
     assert held == {"1.2.3.1.1.1": 101, "1.2.3.1.1.2": 102, "1.2.3.1.2.1": 101, "1.2.3.1.1.3": 103, "1.2.3.1.2.2": 102}
 
+    assert (index.instance_count("1.2.3.1"), index.instance_count("1.2.3.1", "1.2.3.1.2")) == (5, 2)
+    assert index.instance_count("9.9.9") == 0
     index.remove_missing_series("1.2.3.1", {"1.2.3.1.1"})  # series .2 goes, the repository still thinks it known
     index.record_stored_many([entry("1.2.3.1.2", 3, "/b3"), entry("1.2.3.1.1", 4, "/a4")], "main")
     held = {h.sop_uid: h.size for h in index.held("1.2.3.1")}
