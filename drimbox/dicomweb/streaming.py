@@ -121,14 +121,15 @@ class PiecesResponse(StreamingResponse):
             if not isinstance(piece, FileSegment):
                 joined.append(piece)
                 continue
+            if self._zerocopy:  # the bytes before it (a part's header) go in the same chunk
+                await send({"type": ZEROCOPY, "file": piece.file, "offset": piece.offset, "count": piece.count,
+                            "prefix": b"".join(joined), "more_body": True})  # fmt: skip
+                joined = []
+                continue
             if joined:
                 await send({"type": "http.response.body", "body": b"".join(joined), "more_body": True})
                 joined = []
-            if self._zerocopy:
-                await send({"type": ZEROCOPY, "file": piece.file, "offset": piece.offset, "count": piece.count,
-                            "more_body": True})  # fmt: skip
-            else:
-                await _send_read(piece, send)
+            await _send_read(piece, send)
         if joined:
             await send({"type": "http.response.body", "body": b"".join(joined), "more_body": True})
 

@@ -124,6 +124,35 @@ def test_what_the_socket_cannot_take_at_once_goes_through_asyncio(
     assert body.all_closed()
 
 
+def test_a_prefix_shares_the_file_chunk_and_a_last_file_closes_its_chunk(tmp_path: Path) -> None:
+    """`prefix` (our addition to the extension) leaves in the file's chunk; when a file message ends
+    the body, the CRLF owed to its chunk still comes before the last chunk."""
+    data = tmp_path / "data.bin"
+    data.write_bytes(os.urandom(5000))
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        assert zerocopy.EXTENSION in scope["extensions"]
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"x/y")]})
+        with open(data, "rb", buffering=0) as first, open(data, "rb", buffering=0) as second:
+            await send({"type": zerocopy.EXTENSION, "file": first, "offset": 0, "count": 10, "prefix": b"part-1|",
+                        "more_body": True})  # fmt: skip
+            await send({"type": "http.response.body", "body": b"|between|", "more_body": True})
+            await send({"type": zerocopy.EXTENSION, "file": second, "offset": 100, "count": 4900, "prefix": b"part-2|",
+                        "more_body": False})  # fmt: skip
+
+    with serving(app) as port, socket.create_connection(("127.0.0.1", port)) as client:
+        client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        received = b""
+        while chunk := client.recv(1 << 16):
+            received += chunk
+    content = data.read_bytes()
+    head, _, chunked = received.partition(b"\r\n\r\n")
+    assert b"transfer-encoding: chunked" in head.lower()
+    assert chunked.startswith(b"11\r\npart-1|")  # one chunk: 7 bytes of prefix + 10 of the file
+    assert chunked.endswith(b"\r\n0\r\n\r\n")
+    assert _unchunked(chunked) == b"part-1|" + content[:10] + b"|between|part-2|" + content[100:]
+
+
 def _unchunked(data: bytes) -> bytes:
     out = b""
     while True:
