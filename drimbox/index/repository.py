@@ -420,10 +420,17 @@ class IndexRepository:
                 present.update(session.scalars(query))
         return [uid for uid in sop_uids if uid not in present]
 
-    def save_metadata(self, sop_uid: str, document: bytes) -> None:
-        """Save (or replace) an instance's metadata document; the instance must be indexed."""
+    def save_metadata(self, sop_uid: str, document: bytes) -> bool:
+        """Save (or replace) an instance's metadata document; False if the instance is no longer
+        indexed (removed meanwhile: its document would have nothing to belong to)."""
         rows = [{"sop_uid": sop_uid, "document": document}]
-        self._write(lambda session: session.connection().execute(_metadata_statement(self.engine.dialect.name), rows))
+        try:
+            self._write(
+                lambda session: session.connection().execute(_metadata_statement(self.engine.dialect.name), rows)
+            )
+        except IntegrityError:
+            return False
+        return True
 
     # --- the store as a cache: what was served when, what to evict ---------------------------
 
