@@ -134,8 +134,9 @@ class ReceivedFile:
     _open: ClassVar[weakref.WeakValueDictionary[str, ReceivedFile]] = weakref.WeakValueDictionary()
     _lock: ClassVar[threading.Lock] = threading.Lock()
 
-    def __init__(self, folder: Path, **_options: object) -> None:
-        descriptor, self.name = tempfile.mkstemp(dir=folder, prefix="cstore-", suffix=".dcm")
+    def __init__(self, folder: Path, made: tuple[int, str] | None = None, **_options: object) -> None:
+        """A new file in `folder`, or `made` (descriptor, name: an empty file made ahead, readyfiles.py)."""
+        descriptor, self.name = made or tempfile.mkstemp(dir=folder, prefix="cstore-", suffix=".dcm")
         self._buffered = open(descriptor, "wb", buffering=1 << 20)  # noqa: SIM115 - closed by finish/close
         self.write = self._buffered.write
         self.file = _NO_FLUSH  # pynetdicom flushes `file` after each fragment

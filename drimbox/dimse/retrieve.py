@@ -239,7 +239,7 @@ class Retriever:
                 self._follow(assoc.send_c_get(query, GET_MODEL), report, "C-GET")
         finally:
             if suboperations is not None:  # the association has ended: nothing more can arrive
-                suboperations.abandon()
+                suboperations.close()
 
     def _sop_classes(self, peer: str, study_uid: str, series_uid: str | None) -> dict[str, set[str]]:
         """SOP classes (and stored syntaxes) of what we retrieve: from the index, else by C-FIND."""

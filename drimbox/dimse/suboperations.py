@@ -35,6 +35,7 @@ from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_
 from drimbox.dimse.admissions import Admissions
 from drimbox.dimse.connection import ReceivedFile
 from drimbox.dimse.fragments import ITEM, pdv_items
+from drimbox.dimse.readyfiles import ReadyFiles
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,7 @@ class SubOperations:
             if cx.as_scp and cx.transfer_syntax
         }
         self._transfer: _Transfer | None = None
+        self._files = ReadyFiles(incoming)
         self.handled = 0
         self.pending = 0
 
@@ -123,6 +125,11 @@ class SubOperations:
             self._finish(dul, transfer)
         return True
 
+    def close(self) -> None:
+        """The association has ended: a partial file goes, and the files made ahead."""
+        self.abandon()
+        self._files.close()
+
     def abandon(self) -> None:
         """The association ended mid-instance: the partial file goes."""
         transfer, self._transfer = self._transfer, None
@@ -151,7 +158,7 @@ class SubOperations:
 
     def _begin(self, command: dict[int, bytes], context_id: int) -> None:
         sop_class, sop_uid = _uid(command[_SOP_CLASS]), _uid(command[_SOP_INSTANCE])
-        file = ReceivedFile(self._incoming)
+        file = ReceivedFile(self._incoming, self._files.take())
         file.write(b"\x00" * 128 + b"DICM" + file_meta(sop_class, sop_uid, self._contexts[context_id][1]))
         self._transfer = _Transfer(file, context_id, _us(command[_MESSAGE_ID]), sop_class, sop_uid)
 

@@ -313,11 +313,15 @@ def test_a_pdu_breaking_a_transfer_aborts_the_association(wire: Any, tmp_path: P
     dul.message = None  # type: ignore[assignment]  # pynetdicom assembles no message of its own
     theirs.sendall(p_data(pdv(1, 0x03, command)))
     fragments.read_pdu_data(dul)
-    assert receiver.receiving and len(list(tmp_path.iterdir())) == 1
+    assert receiver._transfer is not None
+    partial = Path(receiver._transfer.file.name)
+    assert partial.parent == tmp_path and partial.exists()
     theirs.sendall(p_data(pdv(1, 0x03, command)))  # another command where data was due
     fragments.read_pdu_data(dul)
-    assert not receiver.receiving and list(tmp_path.iterdir()) == []
+    assert not receiver.receiving and not partial.exists()
     assert dul.event_queue.get_nowait() == "Evt19" and dul.decoded == []
+    receiver.close()
+    assert list(tmp_path.iterdir()) == [], "the files made ahead go with the association"
 
 
 def _store_command(message_id: int, sop_class: str, sop_uid: str) -> bytes:

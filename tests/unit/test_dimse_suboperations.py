@@ -105,6 +105,7 @@ def test_only_pending_get_responses_are_dropped(status: int) -> None:
     fake = type("Assoc", (), {"acceptor": type("A", (), {"ae_title": "PACS"})(), "accepted_contexts": []})()
     receiver = suboperations.SubOperations(fake, None, Path("/nonexistent"))  # type: ignore[arg-type]
     taken = receiver.take(None, memoryview(_pynetdicom_command(response, context_id=1))[6:])
+    receiver.close()
     assert (taken, receiver.pending) == ((True, 1) if status == 0xFF00 else (False, 0))
 
 
@@ -178,7 +179,7 @@ def _retrieve(
             identifier.StudyInstanceUID = query.StudyInstanceUID
             responses = list(assoc.send_c_get(identifier, StudyRootQueryRetrieveInformationModelGet))
             assoc.release()
-            receiver.abandon()
+            receiver.close()
     finally:
         server.shutdown()
     final = responses[-1][0]
@@ -217,6 +218,10 @@ def test_a_transfer_broken_off_leaves_no_partial_file(intake: InstanceIntake, tm
     assert receiver.take(None, memoryview(command)[6:])
     data = struct.pack(">LBB", 1 + 2, 1, 0x00) + b"x"  # a non-final data-set fragment
     assert receiver.take(None, memoryview(data))
-    assert receiver.receiving and len(list(intake.store.incoming.iterdir())) == 1
+    assert receiver._transfer is not None
+    partial = Path(receiver._transfer.file.name)
+    assert partial.parent == intake.store.incoming and partial.exists()
     receiver.abandon()
-    assert not receiver.receiving and list(intake.store.incoming.iterdir()) == []
+    assert not receiver.receiving and not partial.exists()
+    receiver.close()
+    assert list(intake.store.incoming.iterdir()) == []
