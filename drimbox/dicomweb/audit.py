@@ -49,8 +49,8 @@ class AccessAudit:
             if message["type"] == "http.response.start":
                 request.status = int(message["status"])
                 await anyio.to_thread.run_sync(self.audit.record, request.opening_event())
-            elif message["type"] == "http.response.zerocopysend":
-                request.sent += int(message.get("count", 0))
+            elif message["type"] == "http.response.zerocopysend":  # (its prefix: a part's header)
+                request.sent += int(message.get("count", 0)) + len(message.get("prefix") or b"")
             elif message["type"] == "http.response.body":
                 request.sent += len(message.get("body", b""))
                 if not message.get("more_body", False):

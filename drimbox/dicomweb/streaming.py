@@ -5,7 +5,8 @@ WADO-RS mostly sends files we hold, as stored. The body is produced by a synchro
 taken in batches (up to 8 MiB of file data, or one at a time once the body waits on the PACS,
 so a landed instance is never held back) to pay that thread hop per batch, not per part. A
 `FileSegment` goes out as `http.response.zerocopysend` when the server offers it (the daemon's
-uvicorn does: `drimbox.httpd.zerocopy`), else its bytes are read and sent as usual.
+uvicorn does: `drimbox.httpd.zerocopy`), with the bytes just before it (a part's header) as its
+`prefix`; else its bytes are read and sent as usual.
 
 The response owns every segment it has taken: each file is closed once sent, and those of a
 batch cut short (client gone, error) are closed too.
