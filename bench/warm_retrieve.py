@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from drimbox.config import load_settings
-from drimbox.daemon import build_node
+from drimbox.daemon import build_node, settle
 
 
 def main() -> None:
@@ -30,6 +30,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     node = build_node(load_settings(args.config))
+    settle()  # as `drimbox serve` does
     try:
         node.index_peer(next(iter(node.settings.pacs)), full=True)
         node.retriever.retrieve(args.study_uid)

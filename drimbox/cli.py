@@ -211,9 +211,10 @@ def cmd_index(args: argparse.Namespace) -> int:
 def cmd_retrieve(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from drimbox.daemon import build_node
+    from drimbox.daemon import build_node, settle
 
     node = build_node(_settings(args))
+    settle()
     node.store.clean_incoming(older_than=node.settings.dimse.idle_timeout * 2)
     peer = args.peer or node.retriever.peer_for(args.study_uid)
     if node.settings.peer(peer).retrieve == "c-move":

@@ -238,7 +238,6 @@ def build_node(settings: Settings, *, retrieval_processes: bool = True) -> Node:
         wado,
         outbox,
     )
-    _settled()
     return node
 
 
@@ -251,14 +250,16 @@ def build_worker_retriever(settings: Settings) -> Retriever:
     """What a retrieval worker process runs: the same store, index and audit trail, no listener."""
     core = _Core.open(settings)
     retriever = Retriever(settings, core.connector, core.storage, core.index, core.audit)
-    _settled()
+    settle()
     return retriever
 
 
-def _settled() -> None:
+def settle() -> None:
     """Keep what start-up made (modules, the node: ~160,000 objects, alive until the process ends)
     out of the garbage collector's full passes, which walked all of it every few thousand
-    allocations: ~15 % of the CPU an admission process spent on a CT retrieval."""
+    allocations: ~15 % of the CPU an admission process spent on a CT retrieval. Called once by
+    the processes that live on (`drimbox serve`, its worker processes, `drimbox retrieve`), not
+    by `build_node` (a process that builds many nodes, as the tests do, would keep them all)."""
     gc.collect()
     gc.freeze()
 
@@ -374,6 +375,7 @@ class Daemon:
 
     def run(self) -> None:
         """Serve until SIGINT/SIGTERM, then stop everything."""
+        settle()
         self.start_background()
         if self.settings.dicomweb.workers > 1:
             self._run_workers()
@@ -456,7 +458,9 @@ def worker_app() -> FastAPI:
     """What each HTTP worker process serves (uvicorn imports it by name)."""
     settings = Settings.model_validate_json(os.environ[_WORKER_SETTINGS])
     configure_logging(settings.log_level)
-    return build_app(build_node(settings, retrieval_processes=False))
+    app = build_app(build_node(settings, retrieval_processes=False))
+    settle()
+    return app
 
 
 def http_options(settings: Settings) -> dict[str, Any]:

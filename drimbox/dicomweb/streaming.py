@@ -57,11 +57,14 @@ class PiecesResponse(StreamingResponse):
         self._pieces = pieces
         self._send_at_once = send_at_once
         self._zerocopy = False
+        self._prefix = False  # the server's zero-copy send also takes the bytes before the file
         self._taken: list[Piece] = []  # the batch being sent: closed whatever happens
         self._error: BaseException | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self._zerocopy = ZEROCOPY in (scope.get("extensions") or {})
+        extension = (scope.get("extensions") or {}).get(ZEROCOPY)
+        self._zerocopy = extension is not None
+        self._prefix = bool((extension or {}).get("prefix"))
         try:
             await super().__call__(scope, receive, send)
         finally:
@@ -122,7 +125,7 @@ class PiecesResponse(StreamingResponse):
             if not isinstance(piece, FileSegment):
                 joined.append(piece)
                 continue
-            if self._zerocopy:  # the bytes before it (a part's header) go in the same chunk
+            if self._prefix:  # the bytes before it (a part's header) go in the same chunk
                 await send({"type": ZEROCOPY, "file": piece.file, "offset": piece.offset, "count": piece.count,
                             "prefix": b"".join(joined), "more_body": True})  # fmt: skip
                 joined = []
@@ -130,7 +133,11 @@ class PiecesResponse(StreamingResponse):
             if joined:
                 await send({"type": "http.response.body", "body": b"".join(joined), "more_body": True})
                 joined = []
-            await _send_read(piece, send)
+            if self._zerocopy:
+                await send({"type": ZEROCOPY, "file": piece.file, "offset": piece.offset, "count": piece.count,
+                            "more_body": True})  # fmt: skip
+            else:
+                await _send_read(piece, send)
         if joined:
             await send({"type": "http.response.body", "body": b"".join(joined), "more_body": True})
 

@@ -262,8 +262,7 @@ class Wado:
         missing = set(self.index.metadata_missing([h.sop_uid for h in held]))
         for instance in held:
             if instance.sop_uid in missing:
-                base = metadata.instance_base(self.public_prefix, instance.study_uid, instance.series_uid,
-                                              instance.sop_uid)  # fmt: skip
+                base = metadata.instance_base("", instance.study_uid, instance.series_uid, instance.sop_uid)
                 self.index.save_metadata(instance.sop_uid, metadata.file_document(Path(instance.path), base))
 
     def _plain_array(self, held: list[HeldInstance]) -> Iterator[bytes]:
@@ -279,7 +278,7 @@ class Wado:
                     continue
                 yield separator
                 separator = b","
-                yield zlib.decompress(document, wbits=31)
+                yield metadata.with_prefix(zlib.decompress(document, wbits=31), self.public_prefix)
         yield b"[]" if separator == b"[" else b"]"
 
 

@@ -156,8 +156,8 @@ def spawn_pool(workers: int, initializer: Callable[..., None], *initargs: Any) -
 
 
 def _initialized(initializer: Callable[..., None], parent: int, *initargs: Any) -> None:
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()  # (even if it hangs)
     initializer(*initargs)
-    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
 
 
 def _exit_with_parent(parent: int) -> None:

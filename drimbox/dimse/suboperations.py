@@ -80,12 +80,14 @@ class SubOperations:
             if cx.as_scp and cx.transfer_syntax
         }
         self._transfer: _Transfer | None = None
-        self._files = ReadyFiles(incoming)
+        self._files: ReadyFiles | None = None  # made by attach(): only the short path uses them
         self.handled = 0
         self.pending = 0
 
     def attach(self, assoc: Any) -> None:
         """From now on the association's reactor offers its P-DATA-TF PDUs here first."""
+        if self._files is None:
+            self._files = ReadyFiles(self._incoming)
         assoc.dul._drimbox_suboperations = self
 
     @property
@@ -128,7 +130,8 @@ class SubOperations:
     def close(self) -> None:
         """The association has ended: a partial file goes, and the files made ahead."""
         self.abandon()
-        self._files.close()
+        if self._files is not None:
+            self._files.close()
 
     def abandon(self) -> None:
         """The association ended mid-instance: the partial file goes."""
@@ -158,7 +161,7 @@ class SubOperations:
 
     def _begin(self, command: dict[int, bytes], context_id: int) -> None:
         sop_class, sop_uid = _uid(command[_SOP_CLASS]), _uid(command[_SOP_INSTANCE])
-        file = ReceivedFile(self._incoming, self._files.take())
+        file = ReceivedFile(self._incoming, self._files.take() if self._files is not None else None)
         file.write(b"\x00" * 128 + b"DICM" + file_meta(sop_class, sop_uid, self._contexts[context_id][1]))
         self._transfer = _Transfer(file, context_id, _us(command[_MESSAGE_ID]), sop_class, sop_uid)
 

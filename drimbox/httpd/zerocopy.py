@@ -9,12 +9,14 @@ chunk and asks the kernel to send the file's pages itself (`loop.sendfile`, i.e.
 asyncio falls back to reading and writing on a TLS transport).
 
 uvicorn does not implement the extension; `install()` gives its h11 request cycle a subclass
-that does, and advertises it in each request's scope. Ours adds an optional `prefix` (bytes sent
-just before the file, in the same chunk: a multipart part's header) and writes a chunk's closing
-CRLF with whatever is sent next: a part of a CT slice costs one write and one sendfile(2), where
-it cost three writes and one sendfile. A response that cannot use it (another
+that does, and advertises it in each request's scope. A response that cannot use it (another
 server, a test client, a Content-Length-framed response) is unaffected: applications check the
 scope's extensions and send bytes otherwise.
+
+Ours adds an optional `prefix` (bytes sent just before the file, in the same chunk: a multipart
+part's header; advertised as `{"prefix": True}` in the scope's extension, used only where
+advertised) and writes a chunk's closing CRLF with whatever is sent next: a part of a CT slice
+costs one write and one sendfile(2), where it cost three writes and one sendfile.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ class ZeroCopyCycle(h11_impl.RequestResponseCycle):
     """uvicorn's h11 request/response cycle, plus `http.response.zerocopysend`."""
 
     def __init__(self, scope: Any, *args: Any, **kwargs: Any) -> None:
-        scope.setdefault("extensions", {})[EXTENSION] = {}
+        scope.setdefault("extensions", {})[EXTENSION] = {"prefix": True}  # (our addition: see above)
         super().__init__(scope, *args, **kwargs)
         self._crlf_owed = False  # the CRLF that closes the last file's chunk, not yet written
 
@@ -105,6 +107,10 @@ class ZeroCopyCycle(h11_impl.RequestResponseCycle):
             await super().send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
+#: The most sent straight from the handler: beyond, asyncio's sendfile lets other connections run.
+_AT_ONCE = 4 << 20
+
+
 def _sent_at_once(transport: Any, file: Any, offset: int, count: int) -> int:
     """What sendfile(2) sends right now, straight to the socket (0 when it cannot be used).
 
@@ -120,9 +126,10 @@ def _sent_at_once(transport: Any, file: Any, offset: int, count: int) -> int:
     if sock is None:
         return 0
     sent = 0
+    budget = min(count, _AT_ONCE)  # a fast reader could otherwise take a whole DBT frame here
     try:
-        while sent < count:
-            done = os.sendfile(sock.fileno(), file.fileno(), offset + sent, count - sent)
+        while sent < budget:
+            done = os.sendfile(sock.fileno(), file.fileno(), offset + sent, budget - sent)
             if done == 0:  # the file is shorter than announced: loop.sendfile says so
                 break
             sent += done

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, Select, bindparam, func, select, update
+from sqlalchemy import Engine, Select, bindparam, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -148,28 +148,7 @@ class IndexRepository:
         ~10 ms per instance, which a 500-slice CT retrieval cannot afford. Study and patient
         attributes are taken from the series' first instance.
         """
-        dialect = self.engine.dialect.name
-        documents = _document_values([entry], [document])
-        if entry.series.series_uid in self._known_series:
-            try:
-                with self._write_lock, self.engine.begin() as conn:
-                    conn.execute(_stored_instance_statement(dialect), _stored_instance_values(entry))
-                    if documents:
-                        conn.execute(_metadata_statement(dialect), documents)
-                return
-            except IntegrityError:  # the series row was removed meanwhile: take the full path
-                self._known_series.discard(entry.series.series_uid)
-
-        def work(session: Session) -> None:
-            _record_full(session, entry, peer)
-            if documents:
-                session.flush()
-                session.connection().execute(_metadata_statement(dialect), documents)
-
-        self._write(work)
-        if len(self._known_series) > 4096:
-            self._known_series.clear()
-        self._known_series.add(entry.series.series_uid)
+        self.record_stored_many([entry], peer, [document])
 
     def record_stored_many(
         self, entries: Sequence[InstanceEntry], peer: str = "", documents: Sequence[bytes | None] = ()
@@ -188,6 +167,7 @@ class IndexRepository:
             return
         statement = _stored_instance_statement(self.engine.dialect.name)
         saved = _document_values(entries, documents)
+        stale = _without_document(entries, documents)
 
         def work(session: Session) -> None:
             known: list[dict[str, Any]] = []
@@ -206,6 +186,8 @@ class IndexRepository:
             if saved:
                 session.flush()
                 session.connection().execute(_metadata_statement(self.engine.dialect.name), saved)
+            if stale:  # stored again without one: the previous copy's would be served
+                session.execute(delete(InstanceMetadata).where(InstanceMetadata.sop_uid.in_(stale)))
 
         try:
             self._write(work)
@@ -661,6 +643,11 @@ def _metadata_statement(dialect: str) -> Any:
     return statement.on_conflict_do_update(
         index_elements=[InstanceMetadata.sop_uid], set_={"document": statement.excluded.document}
     )
+
+
+def _without_document(entries: Sequence[InstanceEntry], documents: Sequence[bytes | None]) -> list[str]:
+    given = list(documents) or [None] * len(entries)
+    return [entry.instance.sop_uid for entry, document in zip(entries, given, strict=False) if document is None]
 
 
 def _document_values(entries: Sequence[InstanceEntry], documents: Sequence[bytes | None]) -> list[dict[str, Any]]:

@@ -216,7 +216,8 @@ class InstanceIntake:
         """
         if not self.public_prefix:
             return None
-        base = metadata.instance_base(self.public_prefix, inspected.study_uid, inspected.series_uid, inspected.sop_uid)
+        # (relative BulkDataURIs: made absolute with the public base URL when served)
+        base = metadata.instance_base("", inspected.study_uid, inspected.series_uid, inspected.sop_uid)
         try:
             return metadata.document(inspected.dataset, base, inspected.elements)
         except Exception as exc:

@@ -2,9 +2,11 @@
 
 The JSON is built when an instance enters the store, from the real file, and saved gzipped in
 the index (`instance_metadata`) with the instance's row: serving metadata never re-parses a
-pixel file. Values too large to inline (pixel data, big binary elements) become BulkDataURIs
-built from the configured public base URL, never from a request. A series' or study's metadata
-is the array of its instances' documents.
+pixel file. Values too large to inline (pixel data, big binary elements) become BulkDataURIs.
+They are saved relative to the DICOMweb service (`/studies/...`) and made absolute when served
+(`with_prefix`), from the configured public base URL, never from a request: a change of that
+URL applies to what is already stored. A series' or study's metadata is the array of its
+instances' documents.
 """
 
 from __future__ import annotations
@@ -162,6 +164,18 @@ def _is_bulk(raw: DataElement | RawDataElement, vr: str) -> bool:
 def encode(text: str) -> bytes:
     """One gzip member (level 6: metadata is written once and read many times)."""
     return gzip.compress(text.encode("utf-8"), compresslevel=6, mtime=0)
+
+
+_RELATIVE_URI = b'"BulkDataURI":"/studies/'
+
+
+def with_prefix(text: bytes, public_prefix: str) -> bytes:
+    """A saved document's JSON with its relative BulkDataURIs made absolute under `public_prefix`.
+
+    Only our own key can match: inside a JSON string every quote is escaped.
+    """
+    prefix = json.dumps(public_prefix)[1:-1].encode("ascii")
+    return text.replace(_RELATIVE_URI, b'"BulkDataURI":"' + prefix + b"/studies/")
 
 
 def document(ds: Dataset, base_url: str, elements: Mapping[BaseTag, Element] | None = None) -> bytes:

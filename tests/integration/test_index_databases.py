@@ -221,6 +221,9 @@ def test_metadata_documents_travel_with_their_instances(index: IndexRepository) 
     with pytest.raises(ValueError):
         index.record_stored_many(first, "main", [b"one document for three entries"])
 
+    index.record_stored_many([entry("1.2.3.1.1", 1)], "main", [None])  # stored again, not described
+    assert "1.2.3.1.1.1" not in index.metadata_documents(uids), "the previous copy's document is not kept"
+
     index.remove_studies(["1.2.3.1"])
     assert index.metadata_documents(uids) == {}
     with index.session() as session:

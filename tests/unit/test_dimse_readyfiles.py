@@ -21,10 +21,13 @@ def test_a_file_made_ahead_is_taken_written_and_replaced(tmp_path: Path) -> None
     files = ReadyFiles(tmp_path, depth=3)
     try:
         _filled(files, tmp_path, 3)
+        for path in tmp_path.iterdir():
+            os.utime(path, (1, 1))  # made long ago, as in an association idle for minutes
         made = files.take()
         assert made is not None
         descriptor, name = made
         assert Path(name).parent == tmp_path and os.fstat(descriptor).st_size == 0
+        assert time.time() - os.fstat(descriptor).st_mtime < 5, "dated when taken: the sweep spares it"
         received = ReceivedFile(tmp_path, made)
         received.write(b"DICM data")
         received.close()

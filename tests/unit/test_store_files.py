@@ -185,3 +185,25 @@ def test_a_file_cut_inside_a_short_last_element_is_refused(tmp_path: Path) -> No
     source.write_bytes(source.read_bytes()[:-4])
     with pytest.raises(InvalidInstance, match="truncated"):
         InstanceStore(tmp_path / "data").inspect(source)
+
+
+def test_saved_metadata_gets_the_public_base_url_when_served() -> None:
+    """Documents keep their BulkDataURIs relative; serving prefixes the configured URL (JSON-escaped),
+    so a change of that URL applies to what is stored. A string value cannot be mistaken for the key."""
+    import json
+
+    from drimbox.store import metadata
+
+    saved = json.dumps(
+        {
+            "7FE00010": {"vr": "OW", "BulkDataURI": "/studies/1/series/2/instances/3/bulkdata/7FE00010"},
+            "00081030": {"vr": "LO", "Value": ['"BulkDataURI":"/studies/ in a description']},
+        },
+        separators=(",", ":"),
+    ).encode()
+    served = json.loads(metadata.with_prefix(saved, 'https://box.example/dicom-"web"'))
+    assert (
+        served["7FE00010"]["BulkDataURI"]
+        == 'https://box.example/dicom-"web"/studies/1/series/2/instances/3/bulkdata/7FE00010'
+    )
+    assert served["00081030"]["Value"] == ['"BulkDataURI":"/studies/ in a description']

@@ -153,6 +153,45 @@ def test_a_prefix_shares_the_file_chunk_and_a_last_file_closes_its_chunk(tmp_pat
     assert _unchunked(chunked) == b"part-1|" + content[:10] + b"|between|part-2|" + content[100:]
 
 
+def test_a_server_offering_only_the_standard_extension_gets_no_prefix(tmp_path: Path) -> None:
+    """`prefix` is ours: to a server that does not advertise it, the bytes before a file go as a body."""
+    body, messages = Body(tmp_path), []
+
+    async def send(message: Any) -> None:
+        messages.append({k: v for k, v in message.items() if k != "file"})
+
+    async def receive() -> Any:
+        await anyio.sleep_forever()  # a client that stays
+
+    scope = {"type": "http", "method": "GET", "extensions": {zerocopy.EXTENSION: {}}}
+    response = PiecesResponse(body.pieces(), lambda: False, headers={"Content-Type": "application/octet-stream"})
+    anyio.run(response, scope, receive, send)
+    files = [m for m in messages if m["type"] == zerocopy.EXTENSION]
+    assert len(files) == 2 and not any("prefix" in m for m in files)
+    assert [m["body"] for m in messages if m["type"] == "http.response.body"] == [b"head", b"mid", b"tail", b""]
+
+
+def test_a_large_file_is_sent_from_the_handler_only_up_to_a_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Beyond `_AT_ONCE` bytes, asyncio's sendfile takes over (other connections get their turn)."""
+    calls: list[tuple[int, int]] = []
+    direct = zerocopy._sent_at_once
+
+    def spied(transport: Any, file: Any, offset: int, count: int) -> int:
+        sent = direct(transport, file, offset, count)
+        calls.append((count, sent))
+        return sent
+
+    monkeypatch.setattr(zerocopy, "_AT_ONCE", 65536)
+    monkeypatch.setattr(zerocopy, "_sent_at_once", spied)
+    body, seen = Body(tmp_path), []
+    with serving(app_for(body, seen)) as port:
+        answer = httpx.get(f"http://127.0.0.1:{port}/", timeout=10)
+    assert answer.content == body.expected
+    assert calls[0][0] == 3 << 20 and calls[0][1] <= 65536
+
+
 def _unchunked(data: bytes) -> bytes:
     out = b""
     while True:
