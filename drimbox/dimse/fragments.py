@@ -53,7 +53,8 @@ def read_pdu_data(self: Any) -> None:
     The read of a short-path PDU's body also takes the next PDU's header when it has arrived
     (one system call where there were three: header, body, and select() for the next). A header
     read ahead is always handled here before returning, by this path or pynetdicom's: the reactor
-    never sees bytes of a PDU it has not been given.
+    never sees bytes of a PDU it has not been given. (Except once the association is being
+    aborted, for a PDU that broke a sub-operation: nothing after it is read as a PDU again.)
     """
     taken = 0
     ahead: tuple[int, int, bytes] | None = None
