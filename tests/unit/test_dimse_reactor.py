@@ -81,3 +81,20 @@ def test_a_wake_up_after_the_reactor_ended_is_harmless() -> None:
     assert select.select([waker.read_fd], [], [], 0)[0] == []
     waker.close()
     waker.wake()  # a late send_pdu: no write to a closed (possibly reused) descriptor
+
+
+def test_the_association_reactor_takes_no_message_while_a_send_pauses_it() -> None:
+    """The non-blocking get (the association reactor's) leaves a response to the paused sender."""
+    from types import SimpleNamespace
+
+    from pynetdicom.dimse import DIMSEServiceProvider
+
+    configure_pynetdicom()
+    assoc = SimpleNamespace(_reactor_checkpoint=threading.Event(), dimse_timeout=1)
+    provider = DIMSEServiceProvider(assoc)  # type: ignore[arg-type]
+    provider.msg_queue.put((1, "C-ECHO-RSP"))
+    assert provider.get_msg(block=False) == (None, None)  # paused: a send_*() waits for it
+    assert provider.get_msg(block=True) == (1, "C-ECHO-RSP")
+    assoc._reactor_checkpoint.set()
+    provider.msg_queue.put((1, "C-STORE-RQ"))
+    assert provider.get_msg(block=False) == (1, "C-STORE-RQ")  # running: the reactor serves requests
