@@ -166,8 +166,7 @@ class IndexRepository:
         if not entries:
             return
         statement = _stored_instance_statement(self.engine.dialect.name)
-        saved = _document_values(entries, documents)
-        stale = _without_document(entries, documents)
+        saved, stale = _documents(entries, documents)
 
         def work(session: Session) -> None:
             known: list[dict[str, Any]] = []
@@ -384,9 +383,9 @@ class IndexRepository:
         """The saved metadata documents of these instances (those without one are absent)."""
         found: dict[str, bytes] = {}
         with self.session() as session:
-            for start in range(0, len(sop_uids), 500):
+            for uids in _chunks(sop_uids):
                 query = select(InstanceMetadata.sop_uid, InstanceMetadata.document).where(
-                    InstanceMetadata.sop_uid.in_(sop_uids[start : start + 500])
+                    InstanceMetadata.sop_uid.in_(uids)
                 )
                 found.update((uid, document) for uid, document in session.execute(query))
         return found
@@ -395,11 +394,10 @@ class IndexRepository:
         """Which of these instances have no saved metadata document (in their order)."""
         present: set[str] = set()
         with self.session() as session:
-            for start in range(0, len(sop_uids), 500):
-                query = select(InstanceMetadata.sop_uid).where(
-                    InstanceMetadata.sop_uid.in_(sop_uids[start : start + 500])
+            for uids in _chunks(sop_uids):
+                present.update(
+                    session.scalars(select(InstanceMetadata.sop_uid).where(InstanceMetadata.sop_uid.in_(uids)))
                 )
-                present.update(session.scalars(query))
         return [uid for uid in sop_uids if uid not in present]
 
     def save_metadata(self, sop_uid: str, document: bytes) -> bool:
@@ -422,10 +420,8 @@ class IndexRepository:
         now = datetime.now(UTC)
 
         def work(session: Session) -> None:
-            for start in range(0, len(uids), 500):
-                session.execute(
-                    update(Instance).where(Instance.sop_uid.in_(uids[start : start + 500])).values(last_access=now)
-                )
+            for chunk in _chunks(uids):
+                session.execute(update(Instance).where(Instance.sop_uid.in_(chunk)).values(last_access=now))
 
         if uids:
             self._write(work)
@@ -446,10 +442,10 @@ class IndexRepository:
         uids = list(sop_uids)
 
         def work(session: Session) -> None:
-            for start in range(0, len(uids), 500):
+            for chunk in _chunks(uids):
                 session.execute(
                     update(Instance)
-                    .where(Instance.sop_uid.in_(uids[start : start + 500]))
+                    .where(Instance.sop_uid.in_(chunk))
                     .values(file_path=None, file_size=None, stored_at=None)
                 )
 
@@ -509,6 +505,12 @@ class IndexRepository:
                 instances_held=int(held[0]),
                 bytes_held=int(held[1] or 0),
             )
+
+
+def _chunks(uids: Sequence[str], size: int = 500) -> Iterator[Sequence[str]]:
+    """`uids` a few hundred at a time: the length of one `IN (...)` list."""
+    for start in range(0, len(uids), size):
+        yield uids[start : start + size]
 
 
 def _held_rows() -> Select[str, str, Instance]:
@@ -645,19 +647,20 @@ def _metadata_statement(dialect: str) -> Any:
     )
 
 
-def _without_document(entries: Sequence[InstanceEntry], documents: Sequence[bytes | None]) -> list[str]:
-    given = list(documents) or [None] * len(entries)
-    return [entry.instance.sop_uid for entry, document in zip(entries, given, strict=False) if document is None]
-
-
-def _document_values(entries: Sequence[InstanceEntry], documents: Sequence[bytes | None]) -> list[dict[str, Any]]:
+def _documents(
+    entries: Sequence[InstanceEntry], documents: Sequence[bytes | None]
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """The metadata rows to save, and the SOP Instance UIDs stored without one (none given: all)."""
     if documents and len(documents) != len(entries):
         raise ValueError("one metadata document (or None) per entry")
-    return [
-        {"sop_uid": entry.instance.sop_uid, "document": document}
-        for entry, document in zip(entries, documents, strict=False)
-        if document is not None
-    ]
+    saved: list[dict[str, Any]] = []
+    stale: list[str] = []
+    for entry, document in zip(entries, documents or [None] * len(entries), strict=True):
+        if document is None:
+            stale.append(entry.instance.sop_uid)
+        else:
+            saved.append({"sop_uid": entry.instance.sop_uid, "document": document})
+    return saved, stale
 
 
 def _stored_instance_values(entry: InstanceEntry) -> dict[str, Any]:
