@@ -225,7 +225,7 @@ def build_node(settings: Settings, *, retrieval_processes: bool = True) -> Node:
     wado = Wado(core.index, hub, public_prefix(settings), transcoder, cache, core.store.incoming,
                 settings.dicomweb.transcode == "client-preference")  # fmt: skip
     outbox = Outbox(engine, settings.dmp.uid_root)
-    node = Node(
+    return Node(
         settings,
         core.index,
         core.store,
@@ -238,7 +238,6 @@ def build_node(settings: Settings, *, retrieval_processes: bool = True) -> Node:
         wado,
         outbox,
     )
-    return node
 
 
 def public_prefix(settings: Settings) -> str:

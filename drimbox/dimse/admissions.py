@@ -130,12 +130,7 @@ class Admissions:
         return self
 
     def __exit__(self, *_exc: object) -> None:
-        while self._thread.is_alive():
-            try:
-                self._pending.put(None, timeout=_KEEPALIVE)
-                break
-            except queue.Full:
-                continue
+        self._put(None)
         self._thread.join()
 
     def handle(self, event: Any) -> int:
@@ -161,14 +156,19 @@ class Admissions:
         is restarted, since it is we who are slow, not the PACS (the admission process starting,
         a busy disk), and an idle timeout must only ever catch a silent peer.
         """
-        item = Received(path, sender, sop_uid, sop_class_uid)
+        if not self._put(Received(path, sender, sop_uid, sop_class_uid), waiting):
+            raise DrimboxError("the retrieval's admission has stopped")
+
+    def _put(self, item: Received | None, waiting: Callable[[], None] | None = None) -> bool:
+        """Queue `item`, waiting for room (`waiting()` every `_KEEPALIVE` s); False if the queue
+        is full and its reader has stopped."""
         while True:
             try:
                 self._pending.put(item, timeout=_KEEPALIVE)
-                return
+                return True
             except queue.Full:
                 if not self._thread.is_alive():
-                    raise DrimboxError("the retrieval's admission has stopped") from None
+                    return False
                 if waiting is not None:
                     waiting()
 

@@ -146,7 +146,7 @@ _arrivals: Any = None
 
 def spawn_pool(workers: int, initializer: Callable[..., None], *initargs: Any) -> ProcessPoolExecutor:
     """Processes started fresh (spawn: no copy of this process's threads and locks) that run
-    `initializer(*initargs)` first, and exit when this process is gone (`watch_parent`)."""
+    `initializer(*initargs)` first, and exit when this process is gone (`_exit_with_parent`)."""
     return ProcessPoolExecutor(
         max_workers=workers,
         mp_context=multiprocessing.get_context("spawn"),

@@ -86,10 +86,9 @@ class ZeroCopyCycle(h11_impl.RequestResponseCycle):
 
     def _pay_crlf(self) -> None:
         """Write the CRLF owed to the last chunk before anything else goes out."""
-        if self._crlf_owed:
-            self._crlf_owed = False
-            if not self.disconnected and not self.transport.is_closing():
-                self.transport.write(b"\r\n")
+        owed = self._owed()
+        if owed and not self.disconnected and not self.transport.is_closing():
+            self.transport.write(owed)
 
     async def _send_read(self, message: Any) -> None:
         """The extension's effect through `http.response.body` (read here; 1 MiB at a time)."""
