@@ -239,6 +239,19 @@ def test_http_worker_processes_retrieve_without_a_pool_of_their_own(
     _check_retrieved(node, files, spec.study_uid)
 
 
+def _indexed_ct(
+    orthanc: Orthanc, make_node: NodeFactory, tmp_path: Path, *, slices: int, size: int, min_instances: int
+) -> tuple[Node, StudySpec, list[Path]]:
+    """A CT of `slices` slices in Orthanc, indexed by a node whose C-GETs of `min_instances` or more
+    use its admission process."""
+    spec = StudySpec(series=[(CT, "CT", slices)], rows=size, columns=size)
+    files = write_study(spec, tmp_path / "ct")
+    orthanc.upload(files)
+    node = make_node({"main": orthanc_peer(orthanc, parallel_min_instances=min_instances)})
+    node.index_peer("main", DAY, DAY)
+    return node, spec, files
+
+
 def _admitted_by_process(node: Node) -> list[int]:
     """Batch sizes the node's admission process admitted (None answers, i.e. fallbacks, as 0)."""
     process = node.retriever.admission
@@ -259,11 +272,7 @@ def test_a_large_in_process_retrieval_is_admitted_by_the_admission_process(
     orthanc: Orthanc, make_node: NodeFactory, tmp_path: Path
 ) -> None:
     """One association receives; another process checks, places, indexes and describes."""
-    spec = StudySpec(series=[(CT, "CT", 40)], rows=64, columns=64)
-    files = write_study(spec, tmp_path / "ct")
-    orthanc.upload(files)
-    node = make_node({"main": orthanc_peer(orthanc, parallel_min_instances=16)})
-    node.index_peer("main", DAY, DAY)
+    node, spec, files = _indexed_ct(orthanc, make_node, tmp_path, slices=40, size=64, min_instances=16)
     process = node.retriever.admission
     assert process is not None
     process.warm()  # (until it is up, a retrieval admits by itself: see the next test)
@@ -287,11 +296,7 @@ def test_without_its_admission_process_a_retrieval_admits_by_itself(
     """The process is a speed-up: when it cannot start, the batches are admitted in-process."""
     from drimbox.dimse.admissions import AdmissionProcess
 
-    spec = StudySpec(series=[(CT, "CT", 20)], rows=32, columns=32)
-    files = write_study(spec, tmp_path / "ct")
-    orthanc.upload(files)
-    node = make_node({"main": orthanc_peer(orthanc, parallel_min_instances=8)})
-    node.index_peer("main", DAY, DAY)
+    node, spec, files = _indexed_ct(orthanc, make_node, tmp_path, slices=20, size=32, min_instances=8)
     node.retriever.admission = AdmissionProcess(node.settings, _no_intake)
     sizes = _admitted_by_process(node)
     try:
@@ -307,11 +312,7 @@ def test_a_retrieval_does_not_wait_for_its_admission_process_to_start(
     orthanc: Orthanc, make_node: NodeFactory, tmp_path: Path
 ) -> None:
     """The first large retrieval starts the process and admits by itself until it is up."""
-    spec = StudySpec(series=[(CT, "CT", 20)], rows=32, columns=32)
-    files = write_study(spec, tmp_path / "ct")
-    orthanc.upload(files)
-    node = make_node({"main": orthanc_peer(orthanc, parallel_min_instances=8)})
-    node.index_peer("main", DAY, DAY)
+    node, spec, files = _indexed_ct(orthanc, make_node, tmp_path, slices=20, size=32, min_instances=8)
     sizes = _admitted_by_process(node)
     report = node.retriever.retrieve(spec.study_uid)
     assert (report.stored, report.failed) == (20, 0)

@@ -82,6 +82,20 @@ def serving(app: Any, **tls: Any) -> Iterator[int]:
         served.stop()
 
 
+def _direct_sends(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """(bytes asked, bytes sent) of each send straight from the handler (`_sent_at_once`)."""
+    calls: list[tuple[int, int]] = []
+    direct = zerocopy._sent_at_once
+
+    def spied(transport: Any, file: Any, offset: int, count: int) -> int:
+        sent = direct(transport, file, offset, count)
+        calls.append((count, sent))
+        return sent
+
+    monkeypatch.setattr(zerocopy, "_sent_at_once", spied)
+    return calls
+
+
 def test_served_by_uvicorn_the_files_go_out_by_sendfile(tmp_path: Path) -> None:
     body, seen = Body(tmp_path), []
     with serving(app_for(body, seen)) as port:
@@ -97,15 +111,7 @@ def test_what_the_socket_cannot_take_at_once_goes_through_asyncio(
 ) -> None:
     """A small file leaves by one sendfile(2) straight from the handler; a file larger than the
     socket's buffer, read by a slow client, is finished by asyncio's sendfile: same bytes."""
-    calls: list[tuple[int, int]] = []
-    direct = zerocopy._sent_at_once
-
-    def spied(transport: Any, file: Any, offset: int, count: int) -> int:
-        sent = direct(transport, file, offset, count)
-        calls.append((count, sent))
-        return sent
-
-    monkeypatch.setattr(zerocopy, "_sent_at_once", spied)
+    calls = _direct_sends(monkeypatch)
     body, seen = Body(tmp_path), []
     with serving(app_for(body, seen)) as port, socket.socket() as client:
         client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a slow reader's small window
@@ -175,16 +181,8 @@ def test_a_large_file_is_sent_from_the_handler_only_up_to_a_budget(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Beyond `_AT_ONCE` bytes, asyncio's sendfile takes over (other connections get their turn)."""
-    calls: list[tuple[int, int]] = []
-    direct = zerocopy._sent_at_once
-
-    def spied(transport: Any, file: Any, offset: int, count: int) -> int:
-        sent = direct(transport, file, offset, count)
-        calls.append((count, sent))
-        return sent
-
     monkeypatch.setattr(zerocopy, "_AT_ONCE", 65536)
-    monkeypatch.setattr(zerocopy, "_sent_at_once", spied)
+    calls = _direct_sends(monkeypatch)
     body, seen = Body(tmp_path), []
     with serving(app_for(body, seen)) as port:
         answer = httpx.get(f"http://127.0.0.1:{port}/", timeout=10)
