@@ -105,22 +105,33 @@ class Wado:
         `phase.fetching` turns true when the rest waits on the PACS: what is yielded from then on
         should reach the client at once rather than be batched.
         """
+        wanted, held = self._held(study, series, sop)
+        sent: set[str] = set()
+        for one in held:
+            if Path(one.path).is_file():
+                sent.add(one.sop_uid)
+                yield one
+        yield from self._arriving(study, series, sop, wanted, sent, phase)
+
+    def _held(self, study: str, series: str | None, sop: str | None) -> tuple[set[str], list[HeldInstance]]:
+        """The UIDs of the instances asked for, and those of them the index says we hold (404 if unknown)."""
         if sop is not None:  # one instance: one indexed lookup, not a scan of its series
             one = self.index.held_one(sop)
             if one is not None and (one.study_uid, one.series_uid) == (study, series) and Path(one.path).is_file():
-                yield one
-                return
+                return {sop}, [one]
         known = self.index.instance_uids(study, series)
         if not known and not self._known(study, series):
             raise Problem(404, "no such study or series on this box")
-        if sop is not None and sop not in known:
+        if sop is None:
+            return known, self.index.held(study, series)
+        if sop not in known:
             raise Problem(404, "no such instance in this series")
-        sent: set[str] = set()
-        for held in self.index.held(study, series):
-            if (sop is None or held.sop_uid == sop) and Path(held.path).is_file():
-                sent.add(held.sop_uid)
-                yield held
-        if (known if sop is None else {sop}) <= sent:
+        return {sop}, [held for held in self.index.held(study, series) if held.sop_uid == sop]
+
+    def _arriving(self, study: str, series: str | None, sop: str | None, wanted: set[str], sent: set[str],
+                  phase: Phase | None) -> Iterator[HeldInstance]:  # fmt: skip
+        """Those of `wanted` not in `sent` (read when first asked), from the PACS as they land; `sent` grows."""
+        if wanted <= sent:
             return
         if phase is not None:
             phase.fetching = True
@@ -138,7 +149,7 @@ class Wado:
             yield landed
             if sop is not None:
                 return
-        missing = (known if sop is None else {sop}) - sent
+        missing = wanted - sent
         if missing:
             # Raising after the first part cuts the response: the client sees it incomplete.
             raise RetrieveFailed(f"the PACS delivered {len(sent)} of {len(sent) + len(missing)} instances")
@@ -178,20 +189,28 @@ class Wado:
 
     def retrieve(self, request: Request, scope: AccessScope, study: str, series: str | None = None,
                  sop: str | None = None) -> PiecesResponse:  # fmt: skip
+        """Held instances sent as stored come first, as `ready` parts (they only open files); then,
+        from a worker thread, those to transcode and those the PACS sends."""
         choice = dicom_syntaxes(parse_accept(request.headers.get("accept")))
         phase = Phase()
-        parts = self.instances(study, series, sop, phase)
-        first = next(parts, None)
-        if first is None:
-            raise Problem(404 if sop else 502, "the PACS did not deliver the instances asked for; retry later")
-        first_syntax = self._syntax(choice, first)  # 406 before anything is sent
+        wanted, held = self._held(study, series, sop)
+        as_stored, others = self._sorted(choice, held)  # a 406 if the first cannot be sent at all
+        sent = {one.sop_uid for one, _ in as_stored} | {one.sop_uid for one in others}
+        arriving = self._arriving(study, series, sop, wanted, sent, phase)
         boundary = multipart.new_boundary()
-        first_part = self._primed(boundary, first, first_syntax)  # a 422 if it cannot be transcoded
+        served: list[str] = []
+        first_part: Iterator[Piece] = iter(())
+        if not as_stored:
+            first = others.pop(0) if others else next(arriving, None)
+            if first is None:
+                raise Problem(404 if sop else 502, "the PACS did not deliver the instances asked for; retry later")
+            # A 406, or a 422 if it cannot be transcoded, before anything is sent.
+            first_part = self._primed(boundary, first, self._syntax(choice, first))
+            served.append(first.sop_uid)
 
         def body() -> Iterator[Piece]:
-            served = [first.sop_uid]
             yield from first_part
-            for held in parts:
+            for held in itertools.chain(others, arriving):
                 try:
                     part = self._primed(boundary, held, self._syntax(choice, held))
                 except (NotAcceptable, TranscodeError, InvalidInstance) as exc:
@@ -203,7 +222,43 @@ class Wado:
             self.cache.served(served)
 
         return PiecesResponse(_logged(body(), study), lambda: phase.fetching,
-                              headers={"Content-Type": multipart.content_type(boundary, DICOM)})  # fmt: skip
+                              headers={"Content-Type": multipart.content_type(boundary, DICOM)},
+                              ready=_logged(self._stored_parts(boundary, as_stored, sent, served), study))  # fmt: skip
+
+    def _sorted(self, choice: SyntaxChoice, held: list[HeldInstance]) -> tuple[list[tuple[HeldInstance, str]],
+                                                                                 list[HeldInstance]]:  # fmt: skip
+        """Held instances to send as stored (with their syntax), and the others (to transcode, or
+        skipped) whose file is here. Only the first one's syntax is final: it raises NotAcceptable."""
+        as_stored: list[tuple[HeldInstance, str]] = []
+        others: list[HeldInstance] = []
+        for n, one in enumerate(held):
+            try:
+                syntax = self._syntax(choice, one)
+            except NotAcceptable:
+                if n == 0:
+                    raise
+                syntax = ""
+            if syntax == one.transfer_syntax_uid:
+                as_stored.append((one, syntax))
+            elif Path(one.path).is_file():
+                others.append(one)
+        return as_stored, others
+
+    def _stored_parts(self, boundary: str, as_stored: list[tuple[HeldInstance, str]], sent: set[str],
+                      served: list[str]) -> Iterator[Piece]:  # fmt: skip
+        """Parts of files sent as stored, unpinned: the event loop must not wait on the cache's lock
+        (held by an eviction). A file opened stays readable once unlinked; one evicted before it is
+        opened leaves `sent`, and the PACS sends it again after these."""
+        for held, syntax in as_stored:
+            part = self._unpinned_part(boundary, held, syntax)
+            try:
+                head = next(part)  # opens the file
+            except FileNotFoundError:
+                sent.discard(held.sop_uid)
+                continue
+            yield head
+            yield from part
+            served.append(held.sop_uid)
 
     def _syntax(self, choice: SyntaxChoice, held: HeldInstance) -> str:
         return choice.for_instance(held.transfer_syntax_uid, lambda _, target: self.transcoder.can(held, target),

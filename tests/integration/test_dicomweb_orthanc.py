@@ -72,6 +72,10 @@ def box(tmp_path: Path, orthanc: Orthanc, make_node: NodeFactory) -> Iterator[Bo
     served.stop()
 
 
+def _original(box: Box, sop_uid: str) -> Path:
+    return next(f for f in box.files if dcmread(f, stop_before_pixels=True).SOPInstanceUID == sop_uid)
+
+
 def _client(box: Box) -> DICOMwebClient:
     return DICOMwebClient(url=box.url, headers=box.headers())
 
@@ -94,6 +98,20 @@ def test_held_study_served_from_the_store(box: Box) -> None:
     again = _client(box).retrieve_study(box.study_uid)
     assert len(again) == len(box.files)
     assert box.node.wado.hub.started == started, "a held study must not be fetched again"
+
+
+def test_a_held_file_gone_since_the_index_was_read_is_fetched_again(box: Box) -> None:
+    """An eviction between the index's answer and the file's opening: the PACS sends the instance again."""
+    _client(box).retrieve_study(box.study_uid)
+    held = box.node.index.held(box.study_uid)
+    Path(held[1].path).unlink()  # the index still says we hold it
+    started = box.node.wado.hub.started
+    again = _client(box).retrieve_study(box.study_uid)
+    assert sorted(ds.SOPInstanceUID for ds in again) == sorted(h.sop_uid for h in held)
+    gone = next(ds for ds in again if ds.SOPInstanceUID == held[1].sop_uid)
+    assert gone.PixelData == dcmread(_original(box, held[1].sop_uid)).PixelData
+    assert box.node.wado.hub.started == started + 1
+    assert Path(box.node.index.held_one(held[1].sop_uid).path).is_file()
 
 
 def test_series_and_instance_levels_and_drim_m_accept(box: Box) -> None:

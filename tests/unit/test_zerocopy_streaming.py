@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -310,3 +311,48 @@ def test_a_file_shorter_than_announced_ends_the_connection_instead_of_hanging(tm
     with serving(app) as port, pytest.raises(httpx.RemoteProtocolError):
         httpx.get(f"http://127.0.0.1:{port}/", timeout=5)
     assert handle.closed
+
+
+def test_ready_pieces_are_taken_on_the_event_loop_and_the_rest_in_a_worker_thread(tmp_path: Path) -> None:
+    """Held files sent as stored need no thread hop; what may wait (the index, the PACS) gets one."""
+    body = Body(tmp_path)
+    taken_in: dict[str, int] = {}
+
+    def ready() -> Iterator[Piece]:
+        taken_in["ready"] = threading.get_ident()
+        yield from body.pieces()
+
+    def rest() -> Iterator[Piece]:
+        taken_in["rest"] = threading.get_ident()
+        yield b"+rest"
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        taken_in["loop"] = threading.get_ident()
+        await PiecesResponse(rest(), lambda: False, ready=ready())(scope, receive, send)
+
+    with serving(app) as port:
+        answer = httpx.get(f"http://127.0.0.1:{port}/", timeout=10)
+    assert answer.content == body.expected + b"+rest"
+    assert taken_in["ready"] == taken_in["loop"] != taken_in["rest"]
+    assert body.all_closed() and body.producer_closed
+
+
+def test_a_response_cut_in_its_ready_pieces_closes_them_and_never_starts_the_rest(tmp_path: Path) -> None:
+    (tmp_path / "later").mkdir()
+    body, later = Body(tmp_path), Body(tmp_path / "later")
+    response = PiecesResponse(later.pieces(), lambda: False, ready=body.pieces())
+    sent: list[str] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message["type"])
+        if sent.count("http.response.body") == 2:
+            raise OSError("connection reset")
+
+    async def receive() -> Any:
+        await anyio.sleep(3600)
+
+    scope = {"type": "http", "asgi": {"spec_version": "2.4"}, "extensions": {}}
+    with pytest.raises(Exception):  # noqa: B017 - Starlette turns the OSError into ClientDisconnect
+        anyio.run(response, scope, receive, send)
+    assert body.producer_closed and body.all_closed()
+    assert not later.opened, "the rest was never started"
