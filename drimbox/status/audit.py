@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
@@ -41,6 +41,7 @@ def audit_router(reader: AuditReader, audit: AuditTrail, authenticate: Callable[
         limit: int = Query(default=100, ge=1, le=1000),
         format: str | None = Query(default=None, pattern="^(json|html)$"),
     ) -> Response:
+        since, until = _instant("since", since), _instant("until", until)
         if since is not None and until is not None and since >= until:
             raise HTTPException(400, "since must be before until")
         found = reader.query_dicts(patient_id=patient, study_uid=study, action=action, outcome=outcome,
@@ -58,6 +59,17 @@ def audit_router(reader: AuditReader, audit: AuditTrail, authenticate: Callable[
         return JSONResponse(report, status_code=200 if report["intact"] else 409)
 
     return router
+
+
+def _instant(name: str, value: datetime | None) -> datetime | None:
+    """A bound in UTC (one without an offset is taken as UTC, as the trail stores it): comparable
+    with the other bound, and 400 for one with no UTC equivalent (0001-01-01T00:00+00:01)."""
+    if value is None:
+        return None
+    try:
+        return value.astimezone(UTC) if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    except OverflowError:
+        raise HTTPException(400, f"{name}: out of the range of dates") from None
 
 
 def _subject(operator: Any) -> str:

@@ -107,13 +107,17 @@ def test_operator_pages_and_configuration_changes_are_audited(tmp_path: Path) ->
             async with httpx.AsyncClient(transport=transport, base_url="http://box") as client:
                 ok = await client.get("/audit?format=json", headers={"Authorization": f"Bearer {TOKEN}"})
                 bad = await client.get("/audit", headers={"Authorization": "Bearer nope"})
-                return [ok.status_code, bad.status_code]
+                # Bounds with and without an offset compare; one with no UTC equivalent is a 400.
+                mixed = await client.get("/audit?since=2026-01-01T00:00:00&until=2099-01-01T00:00:00%2B01:00",
+                                         headers={"Authorization": f"Bearer {TOKEN}"})  # fmt: skip
+                early = await client.get("/audit?since=0001-01-01T00:00:00%2B00:01",
+                                         headers={"Authorization": f"Bearer {TOKEN}"})  # fmt: skip
+                assert "out of the range" in early.text
+                return [ok.status_code, bad.status_code, mixed.status_code, early.status_code]
 
-        assert anyio.run(pages) == [200, 401]
-        assert [r.outcome for r in second.node.audit.query(action="admin.", newest_first=False)] == [
-            "success",
-            "success",
-        ]
+        assert anyio.run(pages) == [200, 401, 200, 400]
+        viewed = [r.action for r in second.node.audit.query(action="admin.", newest_first=False)]
+        assert viewed == ["admin.viewed", "admin.audit_viewed"] * 2 + ["admin.viewed"]  # the 400 shows nothing
         [refused] = second.node.audit.query(action="auth.refused")
         assert refused.detail["reason"] == "inactive token"
     finally:
