@@ -156,6 +156,15 @@ class SyntaxChoice:
     def lossless_accepted(self) -> bool:
         return self.any_syntax or any(ts not in LOSSY for ts in self.preferred)
 
+    def sends_as_stored(self, stored: str, *, transcode: bool) -> bool:
+        """Whether `for_instance` chooses the stored syntax whatever can be transcoded: known
+        without reading the instance (`can_transcode` may parse its file). If it does when
+        anything can, it does when less can: the syntaxes before it were passed over without asking."""
+        try:
+            return self.for_instance(stored, lambda _stored, _target: True, transcode=transcode) == stored
+        except NotAcceptable:
+            return False
+
     def for_instance(self, stored: str, can_transcode: Callable[[str, str], bool], *, transcode: bool) -> str:
         """The syntax to send an instance stored in `stored` in.
 

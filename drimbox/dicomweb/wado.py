@@ -194,7 +194,7 @@ class Wado:
         choice = dicom_syntaxes(parse_accept(request.headers.get("accept")))
         phase = Phase()
         wanted, held = self._held(study, series, sop)
-        as_stored, others = self._sorted(choice, held)  # a 406 if the first cannot be sent at all
+        as_stored, others = self._sorted(choice, held)
         sent = {one.sop_uid for one, _ in as_stored} | {one.sop_uid for one in others}
         arriving = self._arriving(study, series, sop, wanted, sent, phase)
         boundary = multipart.new_boundary()
@@ -204,7 +204,7 @@ class Wado:
             first = others.pop(0) if others else next(arriving, None)
             if first is None:
                 raise Problem(404 if sop else 502, "the PACS did not deliver the instances asked for; retry later")
-            # A 406, or a 422 if it cannot be transcoded, before anything is sent.
+            # Nothing goes as stored: a 406, or a 422 if the first cannot be transcoded, before anything is sent.
             first_part = self._primed(boundary, first, self._syntax(choice, first))
             served.append(first.sop_uid)
 
@@ -215,6 +215,9 @@ class Wado:
                     part = self._primed(boundary, held, self._syntax(choice, held))
                 except (NotAcceptable, TranscodeError, InvalidInstance) as exc:
                     log.warning("instance skipped", extra={"event": "wado.skipped", "reason": str(exc)})
+                    continue
+                except FileNotFoundError:  # evicted since the request began: the PACS sends it after these
+                    sent.discard(held.sop_uid)
                     continue
                 yield from part
                 served.append(held.sop_uid)
@@ -227,30 +230,26 @@ class Wado:
 
     def _sorted(self, choice: SyntaxChoice, held: list[HeldInstance]) -> tuple[list[tuple[HeldInstance, str]],
                                                                                  list[HeldInstance]]:  # fmt: skip
-        """Held instances to send as stored (with their syntax), and the others (to transcode, or
-        skipped) whose file is here. Only the first one's syntax is final: it raises NotAcceptable."""
+        """Of the held instances whose file is here: those sent as stored (with their syntax), and
+        the others (to transcode, or to skip). Decided without reading any file."""
         as_stored: list[tuple[HeldInstance, str]] = []
         others: list[HeldInstance] = []
-        for n, one in enumerate(held):
-            try:
-                syntax = self._syntax(choice, one)
-            except NotAcceptable:
-                if n == 0:
-                    raise
-                syntax = ""
-            if syntax == one.transfer_syntax_uid:
-                as_stored.append((one, syntax))
-            elif Path(one.path).is_file():
+        for one in held:
+            if not Path(one.path).is_file():
+                continue  # the PACS sends it (`_arriving`)
+            if choice.sends_as_stored(one.transfer_syntax_uid, transcode=self.prefer_client_syntax):
+                as_stored.append((one, one.transfer_syntax_uid))
+            else:
                 others.append(one)
         return as_stored, others
 
     def _stored_parts(self, boundary: str, as_stored: list[tuple[HeldInstance, str]], sent: set[str],
                       served: list[str]) -> Iterator[Piece]:  # fmt: skip
-        """Parts of files sent as stored, unpinned: the event loop must not wait on the cache's lock
-        (held by an eviction). A file opened stays readable once unlinked; one evicted before it is
-        opened leaves `sent`, and the PACS sends it again after these."""
+        """Parts of files sent as stored, each pinned until its file is open (a file opened stays
+        readable once unlinked). One evicted since the index was read leaves `sent`: the PACS sends
+        it again after these."""
         for held, syntax in as_stored:
-            part = self._unpinned_part(boundary, held, syntax)
+            part = self._part(boundary, held, syntax)
             try:
                 head = next(part)  # opens the file
             except FileNotFoundError:

@@ -74,7 +74,7 @@ class StoreCache:
             if not candidates:
                 break
             chosen = []
-            with self._lock:  # no pin can be taken between the check and the removal
+            with self._lock:
                 for held in candidates:
                     if freed >= goal:
                         break
@@ -83,6 +83,10 @@ class StoreCache:
                         continue
                     chosen.append(held)
                     freed += held.size
-                self.index.release_files(h.sop_uid for h in chosen)
-                self.store.remove([h.path for h in chosen])
+            # Outside the lock: a pin never waits on this database write and these unlinks (the
+            # event loop takes pins). A file pinned after the choice is removed all the same, as
+            # one pinned just after its removal would be: its reader opens it first (and keeps
+            # reading it once unlinked) or finds it gone and fetches the instance again.
+            self.index.release_files(h.sop_uid for h in chosen)
+            self.store.remove([h.path for h in chosen])
         return freed

@@ -114,6 +114,21 @@ def test_a_held_file_gone_since_the_index_was_read_is_fetched_again(box: Box) ->
     assert Path(box.node.index.held_one(held[1].sop_uid).path).is_file()
 
 
+def test_held_files_all_gone_and_the_pacs_failing_is_a_502_not_a_cut_200(box: Box, orthanc: Orthanc) -> None:
+    """Whether anything can be sent is known before the response starts: a store wiped behind the
+    index's back, with the PACS unable to send the series again, gets a status, not an empty 200."""
+    ds0 = dcmread(box.files[0])
+    series = [f for f in box.files if dcmread(f, stop_before_pixels=True).SeriesInstanceUID == ds0.SeriesInstanceUID]
+    url = f"{box.url}/studies/{box.study_uid}/series/{ds0.SeriesInstanceUID}"
+    assert httpx.get(url, headers=box.headers(), timeout=60).status_code == 200
+    for held in box.node.index.held(box.study_uid, ds0.SeriesInstanceUID):
+        Path(held.path).unlink()
+    for path in series:
+        orthanc.delete_instance(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+    answer = httpx.get(url, headers=box.headers(), timeout=60)
+    assert answer.status_code == 502, answer.text[:200]
+
+
 def test_series_and_instance_levels_and_drim_m_accept(box: Box) -> None:
     ds0 = dcmread(box.files[0])
     accept = (

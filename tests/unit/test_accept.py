@@ -92,3 +92,37 @@ def test_q_zero_and_foreign_types_are_not_acceptable() -> None:
         dicom_syntaxes(parse_accept('multipart/related; type="application/dicom"; q=0, image/png'))
     assert accepts_json(parse_accept("application/dicom+json"))
     assert not accepts_json(parse_accept("application/dicom+json; q=0, image/png"))
+
+
+@pytest.mark.parametrize(
+    "accept",
+    [
+        'multipart/related; type="application/dicom"; transfer-syntax=*',
+        'multipart/related; type="application/dicom"',
+        f'multipart/related; type="application/dicom"; transfer-syntax={JPEG_LS}',
+        f'multipart/related; type="application/dicom"; transfer-syntax={J2K_LOSSLESS}, '
+        f'multipart/related; type="application/dicom"; transfer-syntax={EXPLICIT_VR_LE}; q=0.5',
+        f'multipart/related; type="application/dicom"; transfer-syntax={JPEG_BASELINE}',
+        _accept_of("wado-rs-request-study.txt"),
+        f'multipart/related; type="application/dicom"; transfer-syntax={JPEG_BASELINE}, '
+        f'multipart/related; type="application/dicom"; transfer-syntax={EXPLICIT_VR_LE}; q=0.5',
+    ],
+)
+@pytest.mark.parametrize("stored", [EXPLICIT_VR_LE, JPEG_LS, J2K_LOSSLESS, JPEG_BASELINE])
+@pytest.mark.parametrize("transcode", [False, True])
+def test_sends_as_stored_agrees_with_the_choice_whatever_can_be_transcoded(
+    accept: str, stored: str, transcode: bool
+) -> None:
+    """The check WADO-RS makes before its response starts, without reading any file."""
+    choice = dicom_syntaxes(parse_accept(accept))
+
+    def chosen(can: bool) -> str | None:
+        try:
+            return choice.for_instance(stored, lambda s, t: can, transcode=transcode)
+        except NotAcceptable:
+            return None
+
+    if choice.sends_as_stored(stored, transcode=transcode):
+        assert chosen(False) == chosen(True) == stored
+    else:
+        assert chosen(True) != stored, "not sent as stored when anything can be transcoded"

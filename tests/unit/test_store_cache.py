@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Iterable
 from pathlib import Path
+
+import pytest
 
 from drimbox.index import db
 from drimbox.index.repository import IndexRepository
@@ -82,3 +87,31 @@ def test_intake_metadata_keeps_large_sequences(tmp_path: Path) -> None:
     meta = json.loads(gzip.decompress(intake.index.metadata_documents([sop])[sop]))
     assert len(meta["52009230"]["Value"]) == 300
     intake.index.engine.dispose()
+
+
+def test_a_pin_never_waits_for_an_eviction_s_database_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The event loop takes pins (WADO-RS parts sent as stored): it must not stall on eviction I/O."""
+    index, store, uids = _filled(tmp_path, 4)
+    cache = StoreCache(index, store, max_bytes=index.bytes_held() // 2)
+    writing, finish = threading.Event(), threading.Event()
+    release = index.release_files
+
+    def slow_release(sop_uids: Iterable[str]) -> None:
+        chosen = list(sop_uids)
+        writing.set()
+        finish.wait(10)
+        release(chosen)
+
+    monkeypatch.setattr(index, "release_files", slow_release)
+    evicting = threading.Thread(target=cache.evict)
+    evicting.start()
+    try:
+        assert writing.wait(10)
+        began = time.monotonic()
+        with cache.pinned(uids[-1]):
+            pass
+        assert time.monotonic() - began < 1, "the pin waited for the eviction's write"
+    finally:
+        finish.set()
+        evicting.join(10)
+    assert index.bytes_held() <= cache.max_bytes
