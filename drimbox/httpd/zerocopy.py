@@ -16,14 +16,19 @@ scope's extensions and send bytes otherwise.
 Ours adds an optional `prefix` (bytes sent just before the file, in the same chunk: a multipart
 part's header; advertised as `{"prefix": True}` in the scope's extension, used only where
 advertised) and writes a chunk's closing CRLF with whatever is sent next: a part of a CT slice
-costs one write and one sendfile(2), where it cost three writes and one sendfile.
+costs one write and one sendfile(2), where it cost three writes and one sendfile. A file of 4 MiB
+or more is sent from a sender thread (sendfile(2) releases the GIL): the kernel's copy of a
+mammogram or a tomosynthesis frame then runs on another core than the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
+import select
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from uvicorn.protocols.http import h11_impl
@@ -64,10 +69,7 @@ class ZeroCopyCycle(h11_impl.RequestResponseCycle):
             chunked = framing == "ChunkedWriter"
             try:
                 self.transport.write(self._owed() + b"%x\r\n" % (len(prefix) + count) + prefix if chunked else prefix)
-                sent = _sent_at_once(self.transport, message["file"], offset, count) if count else 0
-                if sent < count:
-                    loop = asyncio.get_running_loop()
-                    sent += await loop.sendfile(self.transport, message["file"], offset + sent, count - sent)
+                sent = await _send_file(self.transport, message["file"], offset, count)
                 if sent != count:
                     raise OSError(f"file shorter than announced: {sent} of {count} bytes")
                 self._crlf_owed = chunked
@@ -108,6 +110,57 @@ class ZeroCopyCycle(h11_impl.RequestResponseCycle):
 
 #: The most sent straight from the handler: beyond, asyncio's sendfile lets other connections run.
 _AT_ONCE = 4 << 20
+#: A file this large leaves from a sender thread (FFDM, tomosynthesis): the kernel's copy of it
+#: runs beside the event loop, on another core, instead of in it; a hop is nothing beside it.
+_IN_THREAD = 4 << 20
+#: A client that takes nothing for this long while a sender thread waits on it is cut.
+_STALLED = 120.0
+_SENDERS = 32  # sender threads (mostly waiting on slow clients: a thread each)
+
+
+async def _send_file(transport: Any, file: Any, offset: int, count: int) -> int:
+    """Send `count` bytes of `file` from `offset` (after what the transport holds); return the bytes sent."""
+    if not count:
+        return 0
+    loop = asyncio.get_running_loop()
+    fd = _plain_socket(transport)
+    if count >= _IN_THREAD and fd is not None:
+        return await loop.run_in_executor(_sender_threads(), _sendfile_waiting, fd, file.fileno(), offset, count)
+    sent = _sent_at_once(transport, file, offset, count)
+    if sent < count:
+        sent += await loop.sendfile(transport, file, offset + sent, count - sent)
+    return sent
+
+
+@functools.cache
+def _sender_threads() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=_SENDERS, thread_name_prefix="drimbox-sendfile")
+
+
+def _sendfile_waiting(socket_fd: int, file_fd: int, offset: int, count: int) -> int:
+    """sendfile(2) of the whole span, waiting for room (in a sender thread); the bytes sent.
+
+    On its own duplicate of the socket: if the connection's descriptor is closed meanwhile, its
+    number may be reused by another connection, never written to from here.
+    """
+    fd = os.dup(socket_fd)
+    try:
+        room = select.poll()
+        room.register(fd, select.POLLOUT)
+        sent = 0
+        while sent < count:
+            try:
+                done = os.sendfile(fd, file_fd, offset + sent, count - sent)
+            except (BlockingIOError, InterruptedError):
+                if not room.poll(_STALLED * 1000):
+                    raise TimeoutError(f"the client took nothing for {_STALLED:.0f} s") from None
+                continue
+            if done == 0:  # the file is shorter than announced: the caller says so
+                break
+            sent += done
+        return sent
+    finally:
+        os.close(fd)
 
 
 def _sent_at_once(transport: Any, file: Any, offset: int, count: int) -> int:
@@ -119,22 +172,28 @@ def _sent_at_once(transport: Any, file: Any, offset: int, count: int) -> int:
     once; only what does not goes through `loop.sendfile` (which also waits for room). Only on a
     plain socket transport with nothing buffered before it (the bytes must leave in order).
     """
-    if transport.get_write_buffer_size() or transport.get_extra_info("sslcontext") is not None:
-        return 0
-    sock = transport.get_extra_info("socket")
-    if sock is None:
+    fd = _plain_socket(transport)
+    if fd is None:
         return 0
     sent = 0
     budget = min(count, _AT_ONCE)  # a fast reader could otherwise take a whole DBT frame here
     try:
         while sent < budget:
-            done = os.sendfile(sock.fileno(), file.fileno(), offset + sent, budget - sent)
+            done = os.sendfile(fd, file.fileno(), offset + sent, budget - sent)
             if done == 0:  # the file is shorter than announced: loop.sendfile says so
                 break
             sent += done
     except (BlockingIOError, InterruptedError):
         pass
     return sent
+
+
+def _plain_socket(transport: Any) -> int | None:
+    """The socket's descriptor when a file may be sent on it now: not TLS, nothing buffered before it."""
+    if transport.get_write_buffer_size() or transport.get_extra_info("sslcontext") is not None:
+        return None
+    sock = transport.get_extra_info("socket")
+    return None if sock is None else int(sock.fileno())
 
 
 def _span(message: Any) -> tuple[int, int]:

@@ -3,6 +3,7 @@ sending (httpd.zerocopy), and through an ASGI client that does not offer it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import ssl
@@ -189,6 +190,57 @@ def test_a_large_file_is_sent_from_the_handler_only_up_to_a_budget(
         answer = httpx.get(f"http://127.0.0.1:{port}/", timeout=10)
     assert answer.content == body.expected
     assert calls[0][0] == 3 << 20 and calls[0][1] <= 65536
+
+
+def test_a_large_file_is_sent_from_a_sender_thread_even_to_a_slow_reader(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its kernel copy runs beside the event loop; a reader slower than the socket's buffer is waited for."""
+    monkeypatch.setattr(zerocopy, "_IN_THREAD", 1 << 20)
+    threads: list[int] = []
+    waiting = zerocopy._sendfile_waiting
+
+    def spied(socket_fd: int, file_fd: int, offset: int, count: int) -> int:
+        threads.append(threading.get_ident())
+        return waiting(socket_fd, file_fd, offset, count)
+
+    monkeypatch.setattr(zerocopy, "_sendfile_waiting", spied)
+    calls = _direct_sends(monkeypatch)
+    body, seen = Body(tmp_path), []
+    with serving(app_for(body, seen)) as port, socket.socket() as client:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.connect(("127.0.0.1", port))
+        client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        time.sleep(0.3)  # the sender thread finds the socket full and waits for room
+        received = b""
+        while chunk := client.recv(1 << 16):
+            received += chunk
+    assert _unchunked(received.partition(b"\r\n\r\n")[2]) == body.expected
+    assert len(threads) == 1 and threads[0] != threading.main_thread().ident
+    assert [count for count, _ in calls] == [100], "the small file went straight from the handler"
+    assert body.all_closed()
+
+
+def test_a_client_that_takes_nothing_is_cut_by_the_sender_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(zerocopy, "_IN_THREAD", 1 << 20)
+    monkeypatch.setattr(zerocopy, "_STALLED", 0.5)
+    body, seen = Body(tmp_path), []
+    with serving(app_for(body, seen)) as port, socket.socket() as client:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.connect(("127.0.0.1", port))
+        client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        deadline = time.monotonic() + 10
+        while not body.all_closed() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert body.all_closed(), "the stalled response ended"
+        client.settimeout(10)
+        received = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := client.recv(1 << 16):
+                received += chunk
+    assert len(received) < len(body.expected), "cut, not completed"
 
 
 def _unchunked(data: bytes) -> bytes:
