@@ -24,11 +24,11 @@ mammogram or a tomosynthesis frame then runs on another core than the event loop
 from __future__ import annotations
 
 import asyncio
-import functools
+import contextlib
 import logging
 import os
 import select
-from concurrent.futures import ThreadPoolExecutor
+import threading
 from typing import Any
 
 from uvicorn.protocols.http import h11_impl
@@ -115,52 +115,77 @@ _AT_ONCE = 4 << 20
 _IN_THREAD = 4 << 20
 #: A client that takes nothing for this long while a sender thread waits on it is cut.
 _STALLED = 120.0
-_SENDERS = 32  # sender threads (mostly waiting on slow clients: a thread each)
 
 
 async def _send_file(transport: Any, file: Any, offset: int, count: int) -> int:
     """Send `count` bytes of `file` from `offset` (after what the transport holds); return the bytes sent."""
     if not count:
         return 0
-    loop = asyncio.get_running_loop()
     fd = _plain_socket(transport)
     if count >= _IN_THREAD and fd is not None:
-        return await loop.run_in_executor(_sender_threads(), _sendfile_waiting, fd, file.fileno(), offset, count)
+        return await _in_sender_thread(fd, file.fileno(), offset, count)
     sent = _sent_at_once(transport, file, offset, count)
     if sent < count:
-        sent += await loop.sendfile(transport, file, offset + sent, count - sent)
+        sent += await asyncio.get_running_loop().sendfile(transport, file, offset + sent, count - sent)
     return sent
 
 
-@functools.cache
-def _sender_threads() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=_SENDERS, thread_name_prefix="drimbox-sendfile")
+def _in_sender_thread(socket_fd: int, file_fd: int, offset: int, count: int) -> asyncio.Future[int]:
+    """`_sendfile_waiting` in a thread of its own: a daemon thread (a pool's threads would hold
+    the process at exit while a stalled client keeps one waiting), one per large file, which is
+    nothing beside the file; as many as the connections sending one, no queue behind a pool."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[int] = loop.create_future()
+    # Its own duplicates, made here before anything can close the originals: a descriptor closed
+    # while the thread runs (the response cancelled, its files closed) may be reused at once by
+    # another connection or file, which must never be written to or read from here.
+    socket_fd, file_fd = os.dup(socket_fd), os.dup(file_fd)
+
+    def settle(result: int | None, error: BaseException | None) -> None:
+        if done.cancelled():
+            return
+        if error is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(result or 0)
+
+    def run() -> None:
+        result, error = None, None
+        try:
+            result = _sendfile_waiting(socket_fd, file_fd, offset, count)
+        except BaseException as exc:  # handed to the awaiting response, which ends the connection
+            error = exc
+        finally:
+            os.close(socket_fd)
+            os.close(file_fd)
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits any more
+            loop.call_soon_threadsafe(settle, result, error)
+
+    try:
+        threading.Thread(target=run, name="drimbox-sendfile", daemon=True).start()
+    except BaseException:
+        os.close(socket_fd)
+        os.close(file_fd)
+        raise
+    return done
 
 
 def _sendfile_waiting(socket_fd: int, file_fd: int, offset: int, count: int) -> int:
-    """sendfile(2) of the whole span, waiting for room (in a sender thread); the bytes sent.
-
-    On its own duplicate of the socket: if the connection's descriptor is closed meanwhile, its
-    number may be reused by another connection, never written to from here.
-    """
-    fd = os.dup(socket_fd)
-    try:
-        room = select.poll()
-        room.register(fd, select.POLLOUT)
-        sent = 0
-        while sent < count:
-            try:
-                done = os.sendfile(fd, file_fd, offset + sent, count - sent)
-            except (BlockingIOError, InterruptedError):
-                if not room.poll(_STALLED * 1000):
-                    raise TimeoutError(f"the client took nothing for {_STALLED:.0f} s") from None
-                continue
-            if done == 0:  # the file is shorter than announced: the caller says so
-                break
-            sent += done
-        return sent
-    finally:
-        os.close(fd)
+    """sendfile(2) of the whole span, waiting for room (in a sender thread); the bytes sent."""
+    room = select.poll()
+    room.register(socket_fd, select.POLLOUT)
+    sent = 0
+    while sent < count:
+        try:
+            done = os.sendfile(socket_fd, file_fd, offset + sent, count - sent)
+        except (BlockingIOError, InterruptedError):
+            if not room.poll(_STALLED * 1000):
+                raise TimeoutError(f"the client took nothing for {_STALLED:.0f} s") from None
+            continue
+        if done == 0:  # the file is shorter than announced: the caller says so
+            break
+        sent += done
+    return sent
 
 
 def _sent_at_once(transport: Any, file: Any, offset: int, count: int) -> int:

@@ -197,11 +197,11 @@ def test_a_large_file_is_sent_from_a_sender_thread_even_to_a_slow_reader(
 ) -> None:
     """Its kernel copy runs beside the event loop; a reader slower than the socket's buffer is waited for."""
     monkeypatch.setattr(zerocopy, "_IN_THREAD", 1 << 20)
-    threads: list[int] = []
+    threads: list[str] = []
     waiting = zerocopy._sendfile_waiting
 
     def spied(socket_fd: int, file_fd: int, offset: int, count: int) -> int:
-        threads.append(threading.get_ident())
+        threads.append(threading.current_thread().name)
         return waiting(socket_fd, file_fd, offset, count)
 
     monkeypatch.setattr(zerocopy, "_sendfile_waiting", spied)
@@ -216,7 +216,11 @@ def test_a_large_file_is_sent_from_a_sender_thread_even_to_a_slow_reader(
         while chunk := client.recv(1 << 16):
             received += chunk
     assert _unchunked(received.partition(b"\r\n\r\n")[2]) == body.expected
-    assert len(threads) == 1 and threads[0] != threading.main_thread().ident
+    assert threads == ["drimbox-sendfile"]
+    deadline = time.monotonic() + 5
+    while any(t.name == "drimbox-sendfile" for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not any(t.name == "drimbox-sendfile" for t in threading.enumerate()), "the sender thread ended"
     assert [count for count, _ in calls] == [100], "the small file went straight from the handler"
     assert body.all_closed()
 
