@@ -195,7 +195,7 @@ class Wado:
         phase = Phase()
         wanted, held = self._held(study, series, sop)
         as_stored, others = self._sorted(choice, held)
-        sent = {one.sop_uid for one, _ in as_stored} | {one.sop_uid for one in others}
+        sent = {one.sop_uid for one in as_stored + others}
         arriving = self._arriving(study, series, sop, wanted, sent, phase)
         boundary = multipart.new_boundary()
         served: list[str] = []
@@ -228,34 +228,31 @@ class Wado:
                               headers={"Content-Type": multipart.content_type(boundary, DICOM)},
                               ready=_logged(self._stored_parts(boundary, as_stored, sent, served), study))  # fmt: skip
 
-    def _sorted(self, choice: SyntaxChoice, held: list[HeldInstance]) -> tuple[list[tuple[HeldInstance, str]],
-                                                                                 list[HeldInstance]]:  # fmt: skip
-        """Of the held instances whose file is here: those sent as stored (with their syntax), and
-        the others (to transcode, or to skip). Decided without reading any file."""
-        as_stored: list[tuple[HeldInstance, str]] = []
+    def _sorted(self, choice: SyntaxChoice, held: list[HeldInstance]) -> tuple[list[HeldInstance], list[HeldInstance]]:
+        """Of the held instances whose file is here: those sent as stored, and the others (to
+        transcode, or to skip). Decided without reading any file."""
+        as_stored: list[HeldInstance] = []
         others: list[HeldInstance] = []
         for one in held:
             if not Path(one.path).is_file():
                 continue  # the PACS sends it (`_arriving`)
             if choice.sends_as_stored(one.transfer_syntax_uid, transcode=self.prefer_client_syntax):
-                as_stored.append((one, one.transfer_syntax_uid))
+                as_stored.append(one)
             else:
                 others.append(one)
         return as_stored, others
 
-    def _stored_parts(self, boundary: str, as_stored: list[tuple[HeldInstance, str]], sent: set[str],
+    def _stored_parts(self, boundary: str, as_stored: list[HeldInstance], sent: set[str],
                       served: list[str]) -> Iterator[Piece]:  # fmt: skip
         """Parts of files sent as stored, each pinned until its file is open (a file opened stays
         readable once unlinked). One evicted since the index was read leaves `sent`: the PACS sends
         it again after these."""
-        for held, syntax in as_stored:
-            part = self._part(boundary, held, syntax)
+        for held in as_stored:
             try:
-                head = next(part)  # opens the file
+                part = self._primed(boundary, held, held.transfer_syntax_uid)  # opens the file
             except FileNotFoundError:
                 sent.discard(held.sop_uid)
                 continue
-            yield head
             yield from part
             served.append(held.sop_uid)
 
