@@ -9,7 +9,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -98,6 +98,48 @@ def _direct_sends(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
     return calls
 
 
+@contextmanager
+def _slow_reader(port: int) -> Iterator[socket.socket]:
+    """A client with a small receive window whose request for the body is sent."""
+    with socket.socket() as client:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.connect(("127.0.0.1", port))
+        client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        yield client
+
+
+def _read_to_the_end(client: socket.socket) -> bytes:
+    received = b""
+    while chunk := client.recv(1 << 16):
+        received += chunk
+    return received
+
+
+def _eventually(condition: Callable[[], bool], seconds: float = 10) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return condition()
+
+
+def _cut_at_the_second_body(response: PiecesResponse) -> list[str]:
+    """Runs `response` with a send that fails at its second body message; the messages sent."""
+    sent: list[str] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message["type"])
+        if sent.count("http.response.body") == 2:
+            raise OSError("connection reset")
+
+    async def receive() -> Any:
+        await anyio.sleep(3600)
+
+    scope = {"type": "http", "asgi": {"spec_version": "2.4"}, "extensions": {}}
+    with pytest.raises(Exception):  # noqa: B017 - Starlette turns the OSError into ClientDisconnect
+        anyio.run(response, scope, receive, send)
+    return sent
+
+
 def test_served_by_uvicorn_the_files_go_out_by_sendfile(tmp_path: Path) -> None:
     body, seen = Body(tmp_path), []
     with serving(app_for(body, seen)) as port:
@@ -115,14 +157,9 @@ def test_what_the_socket_cannot_take_at_once_goes_through_asyncio(
     socket's buffer, read by a slow client, is finished by asyncio's sendfile: same bytes."""
     calls = _direct_sends(monkeypatch)
     body, seen = Body(tmp_path), []
-    with serving(app_for(body, seen)) as port, socket.socket() as client:
-        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a slow reader's small window
-        client.connect(("127.0.0.1", port))
-        client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    with serving(app_for(body, seen)) as port, _slow_reader(port) as client:
         time.sleep(0.3)
-        received = b""
-        while chunk := client.recv(1 << 16):
-            received += chunk
+        received = _read_to_the_end(client)
     head, _, chunked = received.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200")
     assert _unchunked(chunked) == body.expected
@@ -207,20 +244,13 @@ def test_a_large_file_is_sent_from_a_sender_thread_even_to_a_slow_reader(
     monkeypatch.setattr(zerocopy, "_sendfile_waiting", spied)
     calls = _direct_sends(monkeypatch)
     body, seen = Body(tmp_path), []
-    with serving(app_for(body, seen)) as port, socket.socket() as client:
-        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        client.connect(("127.0.0.1", port))
-        client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    with serving(app_for(body, seen)) as port, _slow_reader(port) as client:
         time.sleep(0.3)  # the sender thread finds the socket full and waits for room
-        received = b""
-        while chunk := client.recv(1 << 16):
-            received += chunk
+        received = _read_to_the_end(client)
     assert _unchunked(received.partition(b"\r\n\r\n")[2]) == body.expected
     assert threads == ["drimbox-sendfile"]
-    deadline = time.monotonic() + 5
-    while any(t.name == "drimbox-sendfile" for t in threading.enumerate()) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert not any(t.name == "drimbox-sendfile" for t in threading.enumerate()), "the sender thread ended"
+    ended = _eventually(lambda: "drimbox-sendfile" not in {t.name for t in threading.enumerate()}, 5)
+    assert ended, "the sender thread ended"
     assert [count for count, _ in calls] == [100], "the small file went straight from the handler"
     assert body.all_closed()
 
@@ -231,19 +261,12 @@ def test_a_client_that_takes_nothing_is_cut_by_the_sender_thread(
     monkeypatch.setattr(zerocopy, "_IN_THREAD", 1 << 20)
     monkeypatch.setattr(zerocopy, "_STALLED", 0.5)
     body, seen = Body(tmp_path), []
-    with serving(app_for(body, seen)) as port, socket.socket() as client:
-        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        client.connect(("127.0.0.1", port))
-        client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        deadline = time.monotonic() + 10
-        while not body.all_closed() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert body.all_closed(), "the stalled response ended"
+    with serving(app_for(body, seen)) as port, _slow_reader(port) as client:
+        assert _eventually(body.all_closed), "the stalled response ended"
         client.settimeout(10)
         received = b""
         with contextlib.suppress(ConnectionResetError):
-            while chunk := client.recv(1 << 16):
-                received += chunk
+            received = _read_to_the_end(client)
     assert len(received) < len(body.expected), "cut, not completed"
 
 
@@ -325,9 +348,7 @@ def test_a_client_that_goes_away_leaves_no_file_open(tmp_path: Path) -> None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
             assert sock.recv(100).startswith(b"HTTP/1.1 200")
-        deadline = time.monotonic() + 10
-        while not (body.all_closed() and body.producer_closed) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        _eventually(lambda: body.all_closed() and body.producer_closed)
     assert body.all_closed()
     assert body.producer_closed  # its `finally` ran: pins and spools of a real body are released
 
@@ -338,19 +359,7 @@ def test_a_response_cut_by_the_server_closes_its_producer_at_once(tmp_path: Path
     body = Body(tmp_path)
     pieces = body.pieces()
     response = PiecesResponse(pieces, lambda: True, headers={"Content-Type": "application/octet-stream"})
-    sent: list[str] = []
-
-    async def send(message: Any) -> None:
-        sent.append(message["type"])
-        if sent.count("http.response.body") == 2:  # within the 3 MiB file
-            raise OSError("connection reset")
-
-    async def receive() -> Any:
-        await anyio.sleep(3600)
-
-    scope = {"type": "http", "asgi": {"spec_version": "2.4"}, "extensions": {}}
-    with pytest.raises(Exception):  # noqa: B017 - Starlette turns the OSError into ClientDisconnect
-        anyio.run(response, scope, receive, send)
+    sent = _cut_at_the_second_body(response)  # within the 3 MiB file
     assert sent == ["http.response.start", "http.response.body", "http.response.body"]
     assert body.producer_closed and body.all_closed()
 
@@ -396,19 +405,6 @@ def test_ready_pieces_are_taken_on_the_event_loop_and_the_rest_in_a_worker_threa
 def test_a_response_cut_in_its_ready_pieces_closes_them_and_never_starts_the_rest(tmp_path: Path) -> None:
     (tmp_path / "later").mkdir()
     body, later = Body(tmp_path), Body(tmp_path / "later")
-    response = PiecesResponse(later.pieces(), lambda: False, ready=body.pieces())
-    sent: list[str] = []
-
-    async def send(message: Any) -> None:
-        sent.append(message["type"])
-        if sent.count("http.response.body") == 2:
-            raise OSError("connection reset")
-
-    async def receive() -> Any:
-        await anyio.sleep(3600)
-
-    scope = {"type": "http", "asgi": {"spec_version": "2.4"}, "extensions": {}}
-    with pytest.raises(Exception):  # noqa: B017 - Starlette turns the OSError into ClientDisconnect
-        anyio.run(response, scope, receive, send)
+    _cut_at_the_second_body(PiecesResponse(later.pieces(), lambda: False, ready=body.pieces()))
     assert body.producer_closed and body.all_closed()
     assert not later.opened, "the rest was never started"
