@@ -16,7 +16,8 @@ RSS (ru_maxrss) of the tool's largest process; the summed PSS of all its process
 use C-GET worker processes) is sampled every 50 ms as well. Each tool retrieves each study once untimed first (warms
 Orthanc's cache), then `--repeat` times, interleaved, each after an `os.sync()`; rates use the
 best time. The received files are counted (and their transfer syntax compared with the source,
-to catch transcoding) and deleted after each run. The benchmark prints figures; it asserts
+to catch transcoding), moved aside after each run and deleted once the study is done (see
+bench/README.md: deleting them at once made the next run's file creations slow on this VM). The benchmark prints figures; it asserts
 nothing. The issue's target: our throughput >= 80 % of getscu's, and our peak RSS independent of
 the study size.
 
@@ -285,7 +286,7 @@ def getscu_once(orthanc: Orthanc, study: Study, work: Path, name: str, pdu: int 
             raise BenchError(f"getscu ({study.kind}): rc {child.rc}, {files}/{study.instances} files\n{child.tail()}")
         return Run("getscu", study.kind, files, size, child.seconds, child.max_rss_kib, child.tree_pss_kib, syntaxes)
     finally:
-        shutil.rmtree(target, ignore_errors=True)
+        retire(target, work)
 
 
 SPLIT_BY = "series"  # [pacs.bench] split_by, set from --split-by
@@ -350,51 +351,104 @@ def ours_once(orthanc: Orthanc, study: Study, work: Path, name: str) -> Run:
         run.index_rss_kib = index.max_rss_kib
         return run
     finally:
-        shutil.rmtree(box, ignore_errors=True)
+        retire(box, work)
 
 
-def ours_warm(orthanc: Orthanc, study: Study, work: Path, repeat: int) -> list[float]:
-    """Seconds of `repeat` retrievals in one long-lived process after a warm-up (as the daemon)."""
-    box = work / f"ours-warm-{study.kind}"
-    box.mkdir()
-    config = write_config(box, orthanc)
-    try:
-        child = run_child([python(), "-m", "bench.warm_retrieve", str(config), study.uid, "--repeat", str(repeat)],
-                          work / "logs", f"ours-warm-{study.kind}")  # fmt: skip
-        if child.rc != 0:
-            raise BenchError(f"warm retrieval ({study.kind}): rc {child.rc}\n{child.tail()}")
-        result = json.loads(child.stdout.read_text().strip().splitlines()[-1])
-        if result["stored"] != study.instances:
-            raise BenchError(f"warm retrieval ({study.kind}): {result['stored']} of {study.instances} stored")
-        return [float(s) for s in result["seconds"]]
-    finally:
-        shutil.rmtree(box, ignore_errors=True)
+class WarmProcess:
+    """Our retrievals in one long-lived process after a warm-up, as the daemon makes them
+    (bench/warm_retrieve.py): one timed retrieval per `run()`, so they interleave with the rest."""
+
+    def __init__(self, orthanc: Orthanc, study: Study, work: Path) -> None:
+        self.study = study
+        box = work / f"ours-warm-{study.kind}"
+        box.mkdir()
+        config = write_config(box, orthanc)
+        self.stderr = (work / "logs" / f"ours-warm-{study.kind}.err").open("wb")
+        cmd = [python(), "-m", "bench.warm_retrieve", str(config), study.uid, str(retired_folder(work))]
+        self.process = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
+                                        text=True, cwd=REPO)  # fmt: skip
+        self._answer()  # {"ready": true} once warmed up
+
+    def run(self) -> float:
+        os.sync()
+        assert self.process.stdin is not None
+        self.process.stdin.write("run\n")
+        self.process.stdin.flush()
+        result = self._answer()
+        if result["stored"] != self.study.instances:
+            raise BenchError(f"warm retrieval ({self.study.kind}): {result['stored']} of {self.study.instances} stored")
+        return float(result["seconds"])
+
+    def close(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.stderr.close()
+
+    def _answer(self) -> dict[str, Any]:
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line:
+            self.close()
+            tail = "\n".join(Path(self.stderr.name).read_text(errors="replace").splitlines()[-15:])
+            raise BenchError(f"warm retrieval ({self.study.kind}): rc {self.process.returncode}\n{tail}")
+        answer: dict[str, Any] = json.loads(line)
+        return answer
+
+
+def retired_folder(work: Path) -> Path:
+    folder = work / "retired"
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+def retire(path: Path, work: Path) -> None:
+    """Move a run's files aside; `measure` deletes them all once the study is done (README:
+    on an ext4 without journal, creating files right after deleting many is slow)."""
+    if path.exists():
+        path.rename(retired_folder(work) / f"{path.name}-{time.monotonic_ns()}")
 
 
 # --- measuring and reporting --------------------------------------------------------------
 
 
 def measure(orthanc: Orthanc, study: Study, work: Path, args: argparse.Namespace) -> dict[str, list[Run]]:
-    """One untimed warm-up per tool, then `repeat` timed runs, the tools interleaved."""
-    runs: dict[str, list[Run]] = {"getscu": [], "ours": []}
-    warm = [
-        getscu_once(orthanc, study, work, f"getscu-{study.kind}-warm", args.getscu_pdu),
-        ours_once(orthanc, study, work, f"ours-{study.kind}-warm"),
-    ]
-    for run in warm:
-        print(f"  warm-up {run.tool}: {run.seconds:.2f} s (untimed), received TS {', '.join(run.transfer_syntaxes)}")
-    for i in range(args.repeat):
-        for result in (
-            getscu_once(orthanc, study, work, f"getscu-{study.kind}-{i}", args.getscu_pdu),
-            ours_once(orthanc, study, work, f"ours-{study.kind}-{i}"),
-        ):
-            runs[result.tool].append(result)
-            extra = f", in-process {result.inproc_seconds:.2f} s" if result.inproc_seconds else ""
-            memory = f"peak RSS {result.max_rss_kib / 1024:.0f} MB, tree PSS {result.tree_pss_kib / 1024:.0f} MB"
-            print(f"  {result.tool} #{i + 1}: {result.seconds:.2f} s{extra}, {memory}", flush=True)
-    for seconds in ours_warm(orthanc, study, work, args.repeat):
-        runs.setdefault("warm", []).append(replace(runs["ours"][0], tool="warm", seconds=seconds))
-        print(f"  ours (warm process) : {seconds:.2f} s", flush=True)
+    """One untimed warm-up per tool, then `repeat` rounds of one timed run per tool, interleaved.
+
+    Received files are moved aside after each run and deleted once the study is done.
+    """
+    runs: dict[str, list[Run]] = {"getscu": [], "ours": [], "warm": []}
+    warm_process = None
+    try:
+        warm = [
+            getscu_once(orthanc, study, work, f"getscu-{study.kind}-warm", args.getscu_pdu),
+            ours_once(orthanc, study, work, f"ours-{study.kind}-warm"),
+        ]
+        for run in warm:
+            print(f"  warm-up {run.tool}: {run.seconds:.2f} s (untimed), received TS {', '.join(run.transfer_syntaxes)}")
+        warm_process = WarmProcess(orthanc, study, work)
+        print("  warm-up ours (warm process): done (untimed)", flush=True)
+        for i in range(args.repeat):
+            for result in (
+                getscu_once(orthanc, study, work, f"getscu-{study.kind}-{i}", args.getscu_pdu),
+                ours_once(orthanc, study, work, f"ours-{study.kind}-{i}"),
+            ):
+                runs[result.tool].append(result)
+                extra = f", in-process {result.inproc_seconds:.2f} s" if result.inproc_seconds else ""
+                memory = f"peak RSS {result.max_rss_kib / 1024:.0f} MB, tree PSS {result.tree_pss_kib / 1024:.0f} MB"
+                print(f"  {result.tool} #{i + 1}: {result.seconds:.2f} s{extra}, {memory}", flush=True)
+            seconds = warm_process.run()
+            runs["warm"].append(replace(runs["ours"][0], tool="warm", seconds=seconds))
+            print(f"  ours (warm process) #{i + 1}: {seconds:.2f} s", flush=True)
+    finally:
+        if warm_process is not None:
+            warm_process.close()
+        shutil.rmtree(work / "retired", ignore_errors=True)
+        shutil.rmtree(work / f"ours-warm-{study.kind}", ignore_errors=True)
     return runs
 
 

@@ -1,21 +1,25 @@
 """Retrievals in one long-lived process, as the daemon makes them: build once, warm up, then time.
 
-Used by cget_throughput.py for its `ours-warm` row:
+Used by cget_throughput.py for its `ours-warm` row, driven over stdin so that its timed runs
+interleave with the other tools' runs:
 
-    .venv/bin/python -m bench.warm_retrieve CONFIG STUDY_UID --repeat 3
+    .venv/bin/python -m bench.warm_retrieve CONFIG STUDY_UID RETIRED_FOLDER
 
-prints one JSON object: {"seconds": [...], "stored": N, "bytes": B}. The first retrieval
-(untimed) starts the C-GET worker processes, as the daemon's first request would. The study's
-files are deleted before each retrieval (as an eviction would; index rows kept), so each one
-stores new files as a cold fetch does instead of renaming over the previous copies (which on
-ext4 forces their data out to disk first: ~17 ms per 27 MB file).
+prints `{"ready": true}` once warmed up, then, for each line read from stdin, retrieves the
+study again and prints one JSON object: {"seconds": S, "stored": N, "bytes": B}. The first
+retrieval (untimed) starts the C-GET worker and admission processes, as the daemon's first
+request would. Before each retrieval the study's folder is moved into RETIRED_FOLDER (its index
+rows kept, as after an eviction), so each one stores new files as a cold fetch does, instead of
+renaming over the previous copies (which on ext4 forces their data out to disk first: ~17 ms per
+27 MB file). The folder is moved, not deleted: see "Files are deleted at the end" in
+bench/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -27,21 +31,22 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("config", type=Path)
     parser.add_argument("study_uid")
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("retired", type=Path, help="where each retrieval's files are moved before the next")
     args = parser.parse_args()
     node = build_node(load_settings(args.config))
     settle()  # as `drimbox serve` does
     try:
         node.index_peer(next(iter(node.settings.pacs)), full=True)
         node.retriever.retrieve(args.study_uid)
-        seconds, stored, size = [], 0, 0
-        for _ in range(args.repeat):
-            shutil.rmtree(node.settings.store.folder / "store" / args.study_uid, ignore_errors=True)
+        print(json.dumps({"ready": True}), flush=True)
+        for count, _ in enumerate(sys.stdin):
+            held = node.settings.store.folder / "store" / args.study_uid
+            if held.exists():
+                held.rename(args.retired / f"warm-{time.monotonic_ns()}-{count}")
             started = time.perf_counter()
             report = node.retriever.retrieve(args.study_uid)
-            seconds.append(time.perf_counter() - started)
-            stored, size = report.stored, report.bytes
-        print(json.dumps({"seconds": seconds, "stored": stored, "bytes": size}), flush=True)
+            seconds = time.perf_counter() - started
+            print(json.dumps({"seconds": seconds, "stored": report.stored, "bytes": report.bytes}), flush=True)
     finally:
         node.close()
 
