@@ -13,13 +13,15 @@ What it measures, per study kind (FFDM 4 x ~27 MB, CT 500 x ~0.5 MB, optionally 
 
 Both tools run as child processes under GNU time (`/usr/bin/time -f %M`), which gives the peak
 RSS (ru_maxrss) of the tool's largest process; the summed PSS of all its processes (drimbox may
-use C-GET worker processes) is sampled every 50 ms as well. Each tool retrieves each study once untimed first (warms
-Orthanc's cache), then `--repeat` times, interleaved, each after an `os.sync()`; rates use the
-best time. The received files are counted (and their transfer syntax compared with the source,
-to catch transcoding), moved aside after each run and deleted once the study is done (see
-bench/README.md: deleting them at once made the next run's file creations slow on this VM). The benchmark prints figures; it asserts
-nothing. The issue's target: our throughput >= 80 % of getscu's, and our peak RSS independent of
-the study size.
+use C-GET worker processes) is sampled every 50 ms as well. A third row, `ours-warm`, times
+retrievals in one long-lived process (bench/warm_retrieve.py), as the daemon makes them. Each
+tool retrieves each study once untimed first (warms Orthanc's cache), then `--repeat` rounds of
+one run per tool, each after an `os.sync()`; rates use the best time. The received files are
+counted (and their transfer syntax compared with the source, to catch transcoding), moved aside
+after each run and deleted once the study is done (see bench/README.md: deleting them at once
+made the next run's file creations slow on this VM). The benchmark prints figures; it asserts
+nothing. The issue's target: our throughput >= 80 % of getscu's, and our peak RSS independent
+of the study size.
 
 Data comes from tools/make_studies.py into bench/.data/<size>-x<scale>/ (generated once, then
 reused); a throw-away Orthanc (tests.support.peers.Orthanc, 127.0.0.1 only) serves it. Results
@@ -429,7 +431,8 @@ def measure(orthanc: Orthanc, study: Study, work: Path, args: argparse.Namespace
             ours_once(orthanc, study, work, f"ours-{study.kind}-warm"),
         ]
         for run in warm:
-            print(f"  warm-up {run.tool}: {run.seconds:.2f} s (untimed), received TS {', '.join(run.transfer_syntaxes)}")
+            syntaxes = ", ".join(run.transfer_syntaxes)
+            print(f"  warm-up {run.tool}: {run.seconds:.2f} s (untimed), received TS {syntaxes}")
         warm_process = WarmProcess(orthanc, study, work)
         print("  warm-up ours (warm process): done (untimed)", flush=True)
         for i in range(args.repeat):
