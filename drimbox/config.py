@@ -168,6 +168,9 @@ class DimseSettings(_Section):
     idle_timeout: float = Field(default=120.0, gt=0, description="seconds without any byte before giving up")
     connect_timeout: float = Field(default=30.0, gt=0)
     max_pdu: int = Field(default=4_194_304, ge=0, description="largest PDU we accept; 0 = unlimited")
+    retrieval_processes_idle_minutes: float = Field(
+        default=10.0, ge=0, description="minutes unused before the C-GET worker and admission processes stop (0: never)"
+    )
     accept_from: list[str] = Field(
         default_factory=list, description="AE titles that may send to us besides the PACS peers, from any address"
     )

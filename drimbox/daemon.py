@@ -426,11 +426,24 @@ class Daemon:
                     log.exception("C-ECHO crashed", extra={"event": "echo.crashed", "peer": peer})
                     self.node.peer_health[peer] = PeerHealth(False, _now(), None, "C-ECHO failed unexpectedly")
             self.node.store.clean_incoming(older_than=self.settings.dimse.idle_timeout * 2)
+            self._stop_idle_processes()
             try:
                 self.node.wado.cache.evict()
             except Exception:
                 log.exception("eviction failed", extra={"event": "store.evict_failed"})
             self._stop.wait(self.settings.index.echo_interval_seconds)
+
+    def _stop_idle_processes(self) -> None:
+        idle_minutes = self.settings.dimse.retrieval_processes_idle_minutes
+        if not idle_minutes:
+            return
+        try:
+            stopped = self.node.retriever.stop_idle_processes(idle_minutes * 60)
+        except Exception:
+            log.exception("stopping idle processes failed", extra={"event": "retrieve.idle_stop_failed"})
+            return
+        if stopped:
+            log.info("idle processes stopped", extra={"event": "retrieve.idle_stopped", "stopped": ", ".join(stopped)})
 
     def _index_loop(self) -> None:
         last_full: date | None = None

@@ -132,6 +132,8 @@ class Admissions:
     def __exit__(self, *_exc: object) -> None:
         self._put(None)
         self._thread.join()
+        if self._process is not None:
+            self._process.done()
 
     def handle(self, event: Any) -> int:
         """The EVT_C_STORE handler of the C-GET's association: queue the file, answer success."""
@@ -229,7 +231,8 @@ class Admissions:
 
 
 class AdmissionProcess:
-    """One process admitting the batches of this process's C-GETs, started on first use and kept."""
+    """One process admitting the batches of this process's C-GETs, started on first use and kept
+    until idle (`stop_if_idle`)."""
 
     def __init__(self, settings: Settings, factory: RetrieverFactory) -> None:
         self.settings = settings
@@ -237,10 +240,14 @@ class AdmissionProcess:
         self._executor: ProcessPoolExecutor | None = None
         self._ready: Future[bool] | None = None  # the start-up task: done once the process is up
         self._lock = threading.Lock()
+        self._users = 0  # retrievals between warm() and done()
+        self._last_used = time.monotonic()
 
     def warm(self) -> None:
-        """Start the process now (it takes ~1 s to import), without waiting for it."""
+        """Start the process now (it takes ~1 s to import), without waiting for it; a retrieval
+        calls it as it begins, and `done()` once its last batch is admitted."""
         with self._lock:
+            self._users += 1
             if self._ready is not None:
                 return
             if self._executor is None:
@@ -249,6 +256,21 @@ class AdmissionProcess:
                 self._ready = self._executor.submit(_started)
             except (BrokenProcessPool, RuntimeError):  # (RuntimeError: shut down meanwhile)
                 self._executor = None
+
+    def done(self) -> None:
+        with self._lock:
+            self._users = max(0, self._users - 1)
+            self._last_used = time.monotonic()
+
+    def stop_if_idle(self, idle_seconds: float) -> bool:
+        """Stop the process if no retrieval has used it for `idle_seconds` (the next one starts
+        it again, admitting in its own process meanwhile); whether it was stopped."""
+        with self._lock:
+            if self._executor is None or self._users or time.monotonic() - self._last_used < idle_seconds:
+                return False
+            executor, self._executor, self._ready = self._executor, None, None
+        executor.shutdown(wait=True, cancel_futures=True)
+        return True
 
     def admit(self, peer: str, batch: list[Received]) -> list[Admitted | str] | None:
         """What admit_batch returns, computed in the process; None if the process cannot, or is

@@ -66,7 +66,7 @@ def split(instances_by_series: dict[str, list[str]], workers: int) -> list[Part]
 
 
 class WorkerPool:
-    """A pool of retrieval processes, started on first use and kept for the node's lifetime."""
+    """A pool of retrieval processes, started on first use and kept until idle (`stop_if_idle`)."""
 
     def __init__(self, settings: Settings, factory: RetrieverFactory, processes: int) -> None:
         self.settings = settings
@@ -77,6 +77,7 @@ class WorkerPool:
         self._arrivals: Any = None
         self._lock = threading.Lock()
         self._run_lock = threading.Lock()
+        self._last_used = time.monotonic()
 
     def _pool(self) -> ProcessPoolExecutor:
         with self._lock:
@@ -115,6 +116,7 @@ class WorkerPool:
             wait(futures)
             for future in futures:
                 self._collect(future, report)
+            self._last_used = time.monotonic()
         if report.errors:
             raise RetrieveFailed(f"C-GET failed in a worker: {report.errors[0]}")
 
@@ -130,6 +132,21 @@ class WorkerPool:
             return
         report.failed += result.failed
         report.errors.extend(result.errors)
+
+    def stop_if_idle(self, idle_seconds: float) -> bool:
+        """Stop the processes if no split retrieval has run for `idle_seconds` (the next one
+        starts them again, ~1 s); whether they were stopped. Never while a retrieval runs."""
+        if not self._run_lock.acquire(blocking=False):
+            return False
+        try:
+            with self._lock:
+                started = self._executor is not None
+            if not started or time.monotonic() - self._last_used < idle_seconds:
+                return False
+            self.close()
+            return True
+        finally:
+            self._run_lock.release()
 
     def close(self) -> None:
         with self._lock:

@@ -317,6 +317,16 @@ class Retriever:
 
     # --- StudySource --------------------------------------------------------------------
 
+    def stop_idle_processes(self, idle_seconds: float) -> list[str]:
+        """Stop the C-GET worker and admission processes no retrieval used for `idle_seconds`
+        (~80 MB each, idle); the next large retrieval starts them again. What was stopped."""
+        stopped = []
+        if self.pool is not None and self.pool.stop_if_idle(idle_seconds):
+            stopped.append("c-get workers")
+        if self.admission is not None and self.admission.stop_if_idle(idle_seconds):
+            stopped.append("admission process")
+        return stopped
+
     def close(self) -> None:
         """Stop the worker processes, if any were started."""
         if self.pool is not None:

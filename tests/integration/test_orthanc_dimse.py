@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -317,4 +318,46 @@ def test_a_retrieval_does_not_wait_for_its_admission_process_to_start(
     report = node.retriever.retrieve(spec.study_uid)
     assert (report.stored, report.failed) == (20, 0)
     assert sizes and sizes[0] == 0  # the first batch did not wait for the process's imports
+    _check_retrieved(node, files, spec.study_uid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_idle_retrieval_processes_stop_and_start_again_on_the_next_retrieval(
+    orthanc: Orthanc, make_node: NodeFactory, tmp_path: Path
+) -> None:
+    """The C-GET workers and the admission process (~80 MB each) do not outlive their use by
+    more than `dimse.retrieval_processes_idle_minutes`; the next retrieval starts them again."""
+    spec = StudySpec(series=[(CT, "CT", 12), (CT, "CT", 12)], rows=32, columns=32)
+    files = write_study(spec, tmp_path / "ct")
+    orthanc.upload(files)
+    node = make_node({"main": orthanc_peer(orthanc, retrieve_processes=2, parallel_min_instances=8)})
+    node.index_peer("main", DAY, DAY)
+    pool, admission = node.retriever.pool, node.retriever.admission
+    assert pool is not None and admission is not None
+    assert node.retriever.stop_idle_processes(0) == []  # none started yet
+    assert node.retriever.retrieve(spec.study_uid).stored == 24  # split over the pool
+    admission.warm()  # as a large in-process retrieval begins
+    assert admission._ready is not None and admission._ready.result(timeout=60)
+    workers = [*pool._pool()._processes, *(admission._executor._processes if admission._executor else [])]
+    assert len(workers) == 3 and all(_alive(pid) for pid in workers)
+
+    assert node.retriever.stop_idle_processes(0) == ["c-get workers"]  # the admission is in use
+    assert node.retriever.stop_idle_processes(3600) == []
+    admission.done()  # that retrieval ends
+    assert node.retriever.stop_idle_processes(3600) == []  # used a moment ago
+    assert node.retriever.stop_idle_processes(0) == ["admission process"]
+    assert not any(_alive(pid) for pid in workers)
+    assert pool._executor is None and admission._executor is None
+
+    for path in (node.settings.store.folder / "store" / spec.study_uid).rglob("*.dcm"):
+        path.unlink()
+    assert node.retriever.retrieve(spec.study_uid).stored == 24  # workers started again
+    assert pool._executor is not None
     _check_retrieved(node, files, spec.study_uid)
