@@ -172,10 +172,13 @@ class InstanceRecord:
     transfer_syntax_uid: str = ""
 
     @classmethod
-    def from_dataset(cls, ds: Dataset, transfer_syntax_uid: str = "") -> InstanceRecord:
+    def from_dataset(
+        cls, ds: Dataset, transfer_syntax_uid: str = "", sop_uid: str = "", sop_class_uid: str = ""
+    ) -> InstanceRecord:
+        """`sop_uid`, `sop_class_uid`: already read and checked (a stored file's), else from `ds`."""
         return cls(
-            sop_uid=checked_uid(ds.get("SOPInstanceUID"), "SOPInstanceUID"),
-            sop_class_uid=text(ds, "SOPClassUID"),
+            sop_uid=sop_uid or checked_uid(ds.get("SOPInstanceUID"), "SOPInstanceUID"),
+            sop_class_uid=sop_class_uid or text(ds, "SOPClassUID"),
             instance_number=integer(ds, "InstanceNumber"),
             rows=integer(ds, "Rows"),
             columns=integer(ds, "Columns"),

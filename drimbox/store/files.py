@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydicom import dcmread
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
@@ -90,10 +91,10 @@ class InstanceStore:
             return InspectedFile(
                 dataset=ds,
                 transfer_syntax_uid=checked_uid(syntax, "TransferSyntaxUID"),
-                study_uid=checked_uid(ds.get("StudyInstanceUID"), "StudyInstanceUID"),
-                series_uid=checked_uid(ds.get("SeriesInstanceUID"), "SeriesInstanceUID"),
-                sop_uid=checked_uid(ds.get("SOPInstanceUID"), "SOPInstanceUID"),
-                sop_class_uid=checked_uid(ds.get("SOPClassUID"), "SOPClassUID"),
+                study_uid=checked_uid(_uid(ds, elements, "StudyInstanceUID"), "StudyInstanceUID"),
+                series_uid=checked_uid(_uid(ds, elements, "SeriesInstanceUID"), "SeriesInstanceUID"),
+                sop_uid=checked_uid(_uid(ds, elements, "SOPInstanceUID"), "SOPInstanceUID"),
+                sop_class_uid=checked_uid(_uid(ds, elements, "SOPClassUID"), "SOPClassUID"),
                 size=size,
                 elements=elements,
             )
@@ -195,6 +196,22 @@ def write_atomically(target: Path, data: bytes, work: Path | None = None) -> Non
     with os.fdopen(descriptor, "wb") as handle:
         handle.write(data)
     os.replace(partial, target)
+
+
+_UID_TAGS = {keyword: BaseTag(tag_for_keyword(keyword) or 0) for keyword in
+              ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")}  # fmt: skip
+
+
+def _uid(ds: Dataset, elements: Mapping[BaseTag, DataElement | RawDataElement], keyword: str) -> object:
+    """A UID element's value as read. Its bytes are ASCII digits and dots or invalid (checked_uid
+    tells), so they need no conversion through pydicom: ~15 µs each, four per instance received."""
+    raw = elements.get(_UID_TAGS[keyword])
+    if type(raw) is RawDataElement and isinstance(raw.value, bytes):
+        try:
+            return raw.value.decode("ascii")
+        except UnicodeDecodeError:
+            raise InvalidInstance(f"{keyword} is not ASCII") from None
+    return ds.get(keyword)
 
 
 def _check_within(elem: object, size: int) -> None:

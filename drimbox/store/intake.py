@@ -44,7 +44,9 @@ def _entry(inspected: InspectedFile, final: Path) -> InstanceEntry:
         return InstanceEntry(
             study=_remembered(_STUDIES, _STUDY_TAGS, inspected, StudyRecord.from_dataset),
             series=_remembered(_SERIES, _SERIES_TAGS, inspected, SeriesRecord.from_dataset),
-            instance=InstanceRecord.from_dataset(ds, inspected.transfer_syntax_uid),
+            instance=InstanceRecord.from_dataset(
+                ds, inspected.transfer_syntax_uid, inspected.sop_uid, inspected.sop_class_uid
+            ),
             file=StoredFile(str(final), inspected.size),
         )
     except InvalidInstance:

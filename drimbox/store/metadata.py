@@ -68,57 +68,65 @@ def metadata_text(ds: Dataset, base_url: str, elements: Mapping[BaseTag, Element
     for tag, raw in elements.items():
         if raw is None:
             continue
+        memo_key = _memo_key(raw, tag, charset)
+        if memo_key is not None:
+            with _MEMO_LOCK:
+                fragment = _MEMO.pop(memo_key, None)
+                if fragment is not None:
+                    _MEMO[memo_key] = fragment  # now the most recently used
+            if fragment is not None:
+                parts.append(fragment)
+                continue
         key = f"{int(tag):08X}"
         vr = _vr_of(ds, raw, tag)
         if _is_bulk(raw, vr):
             parts.append(f'"{key}":{{"vr":"{vr}","BulkDataURI":{json.dumps(f"{base_url}/bulkdata/{key}")}}}')
-        else:
-            parts.append(f'"{key}":{_element_text(ds, raw, tag, vr, charset)}')
+            continue
+        fragment = f'"{key}":{_element_text(ds, tag, vr)}'
+        parts.append(fragment)
+        if memo_key is not None and _memorable(raw, tag, vr):
+            with _MEMO_LOCK:
+                if len(_MEMO) >= _MEMO_ENTRIES:
+                    del _MEMO[next(iter(_MEMO))]
+                _MEMO[memo_key] = fragment
     return "{" + ",".join(parts) + "}"
 
 
-def _element_text(ds: Dataset, raw: Element, tag: BaseTag, vr: str, charset: object) -> str:
-    """One element's JSON, from the memo when the same bytes were encoded before.
-
-    A series repeats most of its header from instance to instance (patient, study, equipment,
-    acquisition): converting each value with pydicom and encoding it again cost ~2 ms of every
-    CT slice received. The memo is keyed by everything the JSON depends on (tag, VR, byte order,
-    raw bytes, character set) and holds only short values whose meaning does not depend on other
-    elements: no private or ambiguous VR, and sequences only in explicit VR (where every nested
-    element carries its own VR). Least recently used entries go first.
-    """
-    memo_key = _memo_key(raw, tag, vr, charset)
-    if memo_key is not None:
-        with _MEMO_LOCK:
-            text = _MEMO.pop(memo_key, None)
-            if text is not None:
-                _MEMO[memo_key] = text  # now the most recently used
-                return text
+def _element_text(ds: Dataset, tag: BaseTag, vr: str) -> str:
+    """One element's JSON value, converted and encoded by pydicom."""
     try:
-        text = json.dumps(ds[tag].to_json_dict(None, BULK_THRESHOLD * 64), separators=(",", ":"), ensure_ascii=False)
+        return json.dumps(ds[tag].to_json_dict(None, BULK_THRESHOLD * 64), separators=(",", ":"), ensure_ascii=False)
     except Exception as exc:  # a malformed value must not cost the instance its metadata
         key = f"{int(tag):08X}"
         log.warning("unencodable element", extra={"event": "metadata.element", "tag": key, "reason": str(exc)})
         return json.dumps({"vr": vr})
-    if memo_key is not None:
-        with _MEMO_LOCK:
-            if len(_MEMO) >= _MEMO_ENTRIES:
-                del _MEMO[next(iter(_MEMO))]
-            _MEMO[memo_key] = text
-    return text
 
 
-def _memo_key(raw: Element, tag: BaseTag, vr: str, charset: object) -> tuple[object, ...] | None:
-    if not isinstance(raw, RawDataElement) or raw.value is None:
+def _memo_key(raw: Element, tag: BaseTag, charset: object) -> tuple[object, ...] | None:
+    """The memo's key for an element, from what was read alone: found before anything is derived.
+
+    A series repeats most of its header from instance to instance (patient, study, equipment,
+    acquisition): converting each value with pydicom and encoding it again cost ~2 ms of every
+    CT slice received, and deriving each element's VR and bulk status before looking it up
+    another ~0.1 ms. The key holds everything an element's JSON fragment depends on (tag, VR as
+    read, byte order, raw bytes, character set); the VR is the dictionary's when none was read
+    (implicit VR), so the tag stands for it. Only elements `_memorable` says so are stored; the
+    others' keys are looked up in vain. Least recently used entries go first.
+    """
+    if type(raw) is not RawDataElement or raw.value is None or len(raw.value) > _MEMO_SEQUENCE_BYTES:
         return None
+    if tag & 0x10000:  # a private group (odd)
+        return None
+    return (int(tag), raw.VR, raw.is_little_endian, raw.is_implicit_VR, raw.value, charset)
+
+
+def _memorable(raw: Element, tag: BaseTag, vr: str) -> bool:
+    """Short values whose meaning does not depend on other elements: no ambiguous VR, and
+    sequences only in explicit VR (where every nested element carries its own VR)."""
+    assert isinstance(raw, RawDataElement) and raw.value is not None
     if vr == "SQ":
-        if raw.is_implicit_VR or len(raw.value) > _MEMO_SEQUENCE_BYTES:
-            return None
-    elif len(raw.value) > _MEMO_VALUE_BYTES or vr == "UN" or (raw.VR or _dictionary_vr(tag)) in _AMBIGUOUS:
-        return None
-    if tag.group & 1:
-        return None
-    return (int(tag), vr, raw.is_little_endian, raw.is_implicit_VR, raw.value, charset)
+        return not raw.is_implicit_VR
+    return len(raw.value) <= _MEMO_VALUE_BYTES and vr != "UN" and (raw.VR or _dictionary_vr(tag)) not in _AMBIGUOUS
 
 
 def _dictionary_vr(tag: BaseTag) -> str:

@@ -207,3 +207,28 @@ def test_saved_metadata_gets_the_public_base_url_when_served() -> None:
         == 'https://box.example/dicom-"web"/studies/1/series/2/instances/3/bulkdata/7FE00010'
     )
     assert served["00081030"]["Value"] == ['"BulkDataURI":"/studies/ in a description']
+
+
+@pytest.mark.parametrize(
+    ("replace_with", "refused"),
+    [(None, ""), (b"\xe9", "StudyInstanceUID is not ASCII"), (b" ", "not a valid DICOM UID")],
+)
+def test_uids_are_taken_from_their_bytes_and_checked(tmp_path: Path, replace_with: bytes | None, refused: str) -> None:
+    """The four UIDs of a received file are read as bytes, not through pydicom: ASCII or refused,
+    then checked as any UID from outside."""
+    from pydicom import dcmread
+
+    [source] = write_study(StudySpec(series=[(CT, "CT", 1)]), tmp_path / "src")
+    study_uid = str(dcmread(source).StudyInstanceUID)
+    data = source.read_bytes()
+    assert data.count(study_uid.encode()) == 1
+    if replace_with is not None:  # same length: a character in the middle of the UID
+        middle = len(study_uid) // 2
+        bad = study_uid[:middle].encode() + replace_with + study_uid[middle + 1 :].encode()
+        source.write_bytes(data.replace(study_uid.encode(), bad))
+    store = InstanceStore(tmp_path / "data")
+    if refused:
+        with pytest.raises(InvalidInstance, match=refused):
+            store.inspect(source)
+    else:
+        assert store.inspect(source).study_uid == study_uid
