@@ -472,16 +472,21 @@ def summarize(runs: list[Run], seconds: list[float], label: str, instances: int)
 
 
 def rows_for(study: Study, runs: dict[str, list[Run]]) -> list[dict[str, Any]]:
+    """One row per tool; ours also with their ratios to getscu run by run (the same round's runs,
+    made within seconds of each other: steadier than best times on a VM whose speed drifts)."""
     ours = runs["ours"]
-    rows = [
-        summarize(runs["getscu"], [r.seconds for r in runs["getscu"]], "getscu", study.instances),
-        summarize(ours, [r.seconds for r in ours], "ours-wall", study.instances),
-    ]
+    reference = [r.seconds for r in runs["getscu"]]
+    timed: list[tuple[str, list[Run], list[float]]] = [("ours-wall", ours, [r.seconds for r in ours])]
     inproc = [r.inproc_seconds for r in ours if r.inproc_seconds]
     if len(inproc) == len(ours):
-        rows.append(summarize(ours, inproc, "ours-inproc", study.instances))
+        timed.append(("ours-inproc", ours, inproc))
     if runs.get("warm"):
-        rows.append(summarize(runs["warm"], [r.seconds for r in runs["warm"]], "ours-warm", study.instances))
+        timed.append(("ours-warm", runs["warm"], [r.seconds for r in runs["warm"]]))
+    rows = [summarize(runs["getscu"], reference, "getscu", study.instances)]
+    for label, tool_runs, seconds in timed:
+        row = summarize(tool_runs, seconds, label, study.instances)
+        row["paired_ratios"] = [theirs / mine for theirs, mine in zip(reference, seconds, strict=True)]
+        rows.append(row)
     return rows
 
 
@@ -503,6 +508,13 @@ def print_table(study: Study, rows: list[dict[str, Any]]) -> None:
     ref = rows[0]["MBps_best"]
     ratios = ", ".join(f"{r['tool'].removeprefix('ours-')} {100 * r['MBps_best'] / ref:.0f}%" for r in rows[1:])
     print(f"ours/getscu throughput ({study.kind}, best times): {ratios}  (target >= 80%)")
+    paired = ", ".join(
+        f"{r['tool'].removeprefix('ours-')} {100 * statistics.median(r['paired_ratios']):.0f}%"
+        f" ({100 * min(r['paired_ratios']):.0f}-{100 * max(r['paired_ratios']):.0f}%)"
+        for r in rows[1:]
+        if r.get("paired_ratios")
+    )
+    print(f"ours/getscu throughput ({study.kind}, run by run in each round, median (range)): {paired}")
 
 
 def print_rss_note(results: dict[str, dict[str, Any]]) -> None:
@@ -578,6 +590,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--size", choices=["full", "sample"], default="full", help="generator image sizes (default full)")
     ap.add_argument("--scale", type=float, default=1.0, help="generator --scale: multiplies CT slices (default 1)")
     ap.add_argument("--dbt", action="store_true", help="also one DBT study (4 views x 60 frames, ~2.2 GB at full)")
+    ap.add_argument(
+        "--studies", default="ffdm,ct", help="comma-separated study kinds among ffdm, ct, dbt (default ffdm,ct)"
+    )
     ap.add_argument("--repeat", type=int, default=3, help="timed runs per tool and study (default 3)")
     ap.add_argument("--orthanc-pdu", type=int, metavar="N", help="Orthanc MaximumPduLength (default: Orthanc's)")
     ap.add_argument("--getscu-pdu", type=int, metavar="N", help="getscu --max-pdu (default: getscu's, 16384)")
@@ -588,12 +603,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if args.repeat < 1:
         ap.error("--repeat must be at least 1")
+    args.kinds = [kind for kind in args.studies.split(",") if kind] + (["dbt"] if args.dbt else [])
+    if not args.kinds or set(args.kinds) - {"ffdm", "ct", "dbt"}:
+        ap.error("--studies takes ffdm, ct and dbt, comma-separated")
+    args.kinds = list(dict.fromkeys(args.kinds))
     return args
 
 
 def bench(args: argparse.Namespace, work: Path) -> None:
-    kinds = ["ffdm", "ct", *(["dbt"] if args.dbt else [])]
-    studies = ensure_data(args.size, args.scale, kinds)
+    studies = ensure_data(args.size, args.scale, args.kinds)
     (work / "logs").mkdir()
     orthanc = start_orthanc(work, args.orthanc_pdu)
     try:
