@@ -14,7 +14,6 @@ from __future__ import annotations
 import gzip
 import json
 import logging
-import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -35,8 +34,7 @@ _NATIVE_SYNTAXES = frozenset(
 )
 _SPECIFIC_CHARACTER_SET = BaseTag(0x00080005)
 _AMBIGUOUS = frozenset({"US or SS", "OB or OW", "US or OW", "US or SS or OW"})
-_MEMO: dict[tuple[object, ...], str] = {}  # in use order: least recently used first
-_MEMO_LOCK = threading.Lock()
+_MEMO: dict[tuple[object, ...], str] = {}  # (dict operations are atomic: no lock)
 _MEMO_ENTRIES = 8192
 _MEMO_VALUE_BYTES = 256
 _MEMO_SEQUENCE_BYTES = 1024  # (at most ~8192 × 3 KiB with its JSON)
@@ -70,10 +68,7 @@ def metadata_text(ds: Dataset, base_url: str, elements: Mapping[BaseTag, Element
             continue
         memo_key = _memo_key(raw, tag, charset)
         if memo_key is not None:
-            with _MEMO_LOCK:
-                fragment = _MEMO.pop(memo_key, None)
-                if fragment is not None:
-                    _MEMO[memo_key] = fragment  # now the most recently used
+            fragment = _MEMO.get(memo_key)
             if fragment is not None:
                 parts.append(fragment)
                 continue
@@ -85,10 +80,9 @@ def metadata_text(ds: Dataset, base_url: str, elements: Mapping[BaseTag, Element
         fragment = f'"{key}":{_element_text(ds, tag, vr)}'
         parts.append(fragment)
         if memo_key is not None and _memorable(raw, tag, vr):
-            with _MEMO_LOCK:
-                if len(_MEMO) >= _MEMO_ENTRIES:
-                    del _MEMO[next(iter(_MEMO))]
-                _MEMO[memo_key] = fragment
+            if len(_MEMO) >= _MEMO_ENTRIES:
+                _MEMO.clear()
+            _MEMO[memo_key] = fragment
     return "{" + ",".join(parts) + "}"
 
 
@@ -111,7 +105,8 @@ def _memo_key(raw: Element, tag: BaseTag, charset: object) -> tuple[object, ...]
     another ~0.1 ms. The key holds everything an element's JSON fragment depends on (tag, VR as
     read, byte order, raw bytes, character set); the VR is the dictionary's when none was read
     (implicit VR), so the tag stands for it. Only elements `_memorable` says so are stored; the
-    others' keys are looked up in vain. Least recently used entries go first.
+    others' keys are looked up in vain. The memo is emptied when full: a series' shared elements
+    are encoded again once, the instances' own values are gone.
     """
     if type(raw) is not RawDataElement or raw.value is None or len(raw.value) > _MEMO_SEQUENCE_BYTES:
         return None

@@ -232,3 +232,19 @@ def test_uids_are_taken_from_their_bytes_and_checked(tmp_path: Path, replace_wit
             store.inspect(source)
     else:
         assert store.inspect(source).study_uid == study_uid
+
+
+def test_metadata_memo_stays_bounded_and_right_when_emptied(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from drimbox.store import metadata
+
+    sources = write_study(StudySpec(series=[(CT, "CT", 4)]), tmp_path / "src")
+    store = InstanceStore(tmp_path / "data")
+    inspected = [store.inspect(source) for source in sources]
+    metadata._MEMO.clear()
+    expected = [metadata.metadata_text(i.dataset, "https://box/i", i.elements) for i in inspected]
+    assert len(metadata._MEMO) > 20
+    monkeypatch.setattr(metadata, "_MEMO_ENTRIES", 10)
+    metadata._MEMO.clear()
+    for _ in range(2):
+        assert [metadata.metadata_text(i.dataset, "https://box/i", i.elements) for i in inspected] == expected
+        assert len(metadata._MEMO) <= 10
