@@ -124,9 +124,14 @@ class Admissions:
         self._thread = threading.Thread(target=self._run, name=f"admit-{peer}", daemon=True)
 
     def __enter__(self) -> Admissions:
-        if self._process is not None:
-            self._process.warm()  # started while the association is being set up
-        self._thread.start()
+        try:
+            if self._process is not None:
+                self._process.warm()  # started while the association is being set up
+            self._thread.start()
+        except BaseException:
+            if self._process is not None:
+                self._process.done()  # (__exit__ will not be called)
+            raise
         return self
 
     def __exit__(self, *_exc: object) -> None:

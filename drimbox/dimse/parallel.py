@@ -97,28 +97,35 @@ class WorkerPool:
         """
         with self._run_lock:
             try:
-                futures = [self._pool().submit(_retrieve_part, peer, study_uid, part) for part in parts]
-            except BrokenProcessPool:
-                self.close()
-                raise RetrieveFailed("the retrieval workers stopped; retry") from None
-            markers = 0
-            while markers < len(parts):
-                try:
-                    item = self._arrivals.get(timeout=0.1)
-                except queue.Empty:
-                    if any(f.done() and f.exception() is not None for f in futures) and all(f.done() for f in futures):
-                        break  # a worker died: its marker will never come
-                    continue
-                if item is None:
-                    markers += 1
-                else:
-                    admitted(item)
-            wait(futures)
-            for future in futures:
-                self._collect(future, report)
-            self._last_used = time.monotonic()
+                self._run_parts(peer, study_uid, parts, report, admitted)
+            finally:
+                self._last_used = time.monotonic()
         if report.errors:
             raise RetrieveFailed(f"C-GET failed in a worker: {report.errors[0]}")
+
+    def _run_parts(
+        self, peer: str, study_uid: str, parts: list[Part], report: RetrieveReport, admitted: Callable[[Any], None]
+    ) -> None:
+        try:
+            futures = [self._pool().submit(_retrieve_part, peer, study_uid, part) for part in parts]
+        except BrokenProcessPool:
+            self.close()
+            raise RetrieveFailed("the retrieval workers stopped; retry") from None
+        markers = 0
+        while markers < len(parts):
+            try:
+                item = self._arrivals.get(timeout=0.1)
+            except queue.Empty:
+                if any(f.done() and f.exception() is not None for f in futures) and all(f.done() for f in futures):
+                    break  # a worker died: its marker will never come
+                continue
+            if item is None:
+                markers += 1
+            else:
+                admitted(item)
+        wait(futures)
+        for future in futures:
+            self._collect(future, report)
 
     def _collect(self, future: Future[PartResult], report: RetrieveReport) -> None:
         try:

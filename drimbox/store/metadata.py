@@ -103,7 +103,7 @@ def _memo_key(raw: Element, tag: BaseTag, charset: object) -> tuple[object, ...]
     acquisition): converting each value with pydicom and encoding it again cost ~2 ms of every
     CT slice received, and deriving each element's VR and bulk status before looking it up
     another ~0.1 ms. The key holds everything an element's JSON fragment depends on (tag, VR as
-    read, byte order, raw bytes, character set); the VR is the dictionary's when none was read
+    read, byte order, undefined length, raw bytes, character set); the VR is the dictionary's when none was read
     (implicit VR), so the tag stands for it. Only elements `_memorable` says so are stored; the
     others' keys are looked up in vain. The memo is emptied when full: a series' shared elements
     are encoded again once, the instances' own values are gone.
@@ -112,7 +112,8 @@ def _memo_key(raw: Element, tag: BaseTag, charset: object) -> tuple[object, ...]
         return None
     if tag & 0x10000:  # a private group (odd)
         return None
-    return (int(tag), raw.VR, raw.is_little_endian, raw.is_implicit_VR, raw.value, charset)
+    undefined_length = raw.length == 0xFFFFFFFF  # (encapsulated: always bulk, whatever its bytes)
+    return (int(tag), raw.VR, raw.is_little_endian, raw.is_implicit_VR, undefined_length, raw.value, charset)
 
 
 def _memorable(raw: Element, tag: BaseTag, vr: str) -> bool:

@@ -219,3 +219,49 @@ def test_instances_arriving_close_together_share_a_batch(
     assert time.monotonic() - started < 10, "the end of the retrieval did not wait for _GATHER"
     assert sizes == [4, 2] and [a.sop_uid for a in admitted] == [p.stem for p in sources]
     assert admissions.failures == []
+
+
+class _Process:
+    """An AdmissionProcess stand-in that counts its users."""
+
+    def __init__(self, fails: bool) -> None:
+        self.fails, self.users = fails, 0
+
+    def warm(self) -> None:
+        self.users += 1
+        if self.fails:
+            raise OSError("too many open files")
+
+    def done(self) -> None:
+        self.users -= 1
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_retrieval_is_a_user_of_the_admission_process_until_it_ends(intake: InstanceIntake, fails: bool) -> None:
+    """Even when starting the process fails: else it would count as in use forever, never stopped as idle."""
+    process = _Process(fails)
+    admissions = Admissions(intake, "main", lambda _: None, process)  # type: ignore[arg-type]
+    if fails:
+        with pytest.raises(OSError), admissions:
+            pass
+    else:
+        with admissions:
+            assert process.users == 1
+    assert process.users == 0
+
+
+def test_a_split_retrieval_that_fails_still_counts_as_a_use_of_the_pool() -> None:
+    """The idle clock restarts at the end of every retrieval, failed or not."""
+    from drimbox.dimse.parallel import WorkerPool
+    from drimbox.dimse.retrieve import RetrieveReport
+
+    pool = WorkerPool(SimpleNamespace(), lambda settings: None, 2)  # type: ignore[arg-type]
+    before = pool._last_used
+
+    def failing(*_args: Any) -> None:
+        raise RuntimeError("a listener failed")
+
+    pool._run_parts = failing  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError):
+        pool.run("main", "1.2.3", [], RetrieveReport("1.2.3", None, "c-get"), lambda _: None)
+    assert pool._last_used > before

@@ -248,3 +248,49 @@ def test_metadata_memo_stays_bounded_and_right_when_emptied(tmp_path: Path, monk
     for _ in range(2):
         assert [metadata.metadata_text(i.dataset, "https://box/i", i.elements) for i in inspected] == expected
         assert len(metadata._MEMO) <= 10
+
+
+def test_an_encapsulated_value_is_bulk_even_when_its_bytes_were_inline_before(tmp_path: Path) -> None:
+    """Undefined length is part of the memo's key: the same bytes, encapsulated, are a BulkDataURI."""
+    import json
+
+    from pydicom import dcmread
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import ExplicitVRLittleEndian, RLELossless
+
+    from drimbox.store import metadata
+
+    [source] = write_study(StudySpec(series=[(CT, "CT", 1)], rows=2, columns=2), tmp_path / "src")
+    encapsulated = dcmread(source)
+    encapsulated.file_meta.TransferSyntaxUID = RLELossless
+    encapsulated.PixelData = encapsulate([b"\x01\x02\x03\x04"])
+    encapsulated["PixelData"].VR = "OB"
+    encapsulated.save_as(tmp_path / "rle.dcm", enforce_file_format=True)
+    store = InstanceStore(tmp_path / "data")
+    rle = store.inspect(tmp_path / "rle.dcm")
+    raw = rle.elements[rle.dataset["PixelData"].tag]
+    native = dcmread(source)
+    native.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    native.BitsAllocated, native.BitsStored, native.HighBit = 8, 8, 7
+    native.PixelData = raw.value  # the very bytes, with a defined length this time
+    native["PixelData"].VR = "OB"
+    native.save_as(tmp_path / "native.dcm", enforce_file_format=True)
+    metadata._MEMO.clear()
+    inline = store.inspect(tmp_path / "native.dcm")
+    first = json.loads(metadata.metadata_text(inline.dataset, "https://box/n", inline.elements))
+    assert "InlineBinary" in first["7FE00010"]
+    second = json.loads(metadata.metadata_text(rle.dataset, "https://box/r", rle.elements))
+    assert second["7FE00010"] == {"vr": "OB", "BulkDataURI": "https://box/r/bulkdata/7FE00010"}
+
+
+def test_a_uid_declared_with_another_vr_is_refused(tmp_path: Path) -> None:
+    from pydicom import dcmread
+
+    [source] = write_study(StudySpec(series=[(CT, "CT", 1)]), tmp_path / "src")
+    ds = dcmread(source)
+    uid = ds.SOPInstanceUID
+    del ds.SOPInstanceUID
+    ds.add_new(0x00080018, "OB", (uid + "\x00" * (len(uid) % 2)).encode("ascii"))
+    ds.save_as(tmp_path / "ob.dcm")
+    with pytest.raises(InvalidInstance, match="SOPInstanceUID"):
+        InstanceStore(tmp_path / "data").inspect(tmp_path / "ob.dcm")
