@@ -225,7 +225,7 @@ def build_node(settings: Settings, *, retrieval_processes: bool = True) -> Node:
     wado = Wado(core.index, hub, public_prefix(settings), transcoder, cache, core.store.incoming,
                 settings.dicomweb.transcode == "client-preference")  # fmt: skip
     outbox = Outbox(engine, settings.dmp.uid_root)
-    return Node(
+    node = Node(
         settings,
         core.index,
         core.store,
@@ -238,6 +238,8 @@ def build_node(settings: Settings, *, retrieval_processes: bool = True) -> Node:
         wado,
         outbox,
     )
+    node.extra_status["retrieval_processes"] = retriever.processes_status
+    return node
 
 
 def public_prefix(settings: Settings) -> str:

@@ -267,6 +267,14 @@ class AdmissionProcess:
             self._users = max(0, self._users - 1)
             self._last_used = time.monotonic()
 
+    def running(self) -> bool:
+        """Whether the process is up (started and past its imports)."""
+        with self._lock:
+            ready = self._ready
+        if ready is None or not ready.done() or ready.cancelled():
+            return False
+        return ready.exception() is None and ready.result() is True
+
     def stop_if_idle(self, idle_seconds: float) -> bool:
         """Stop the process if no retrieval has used it for `idle_seconds` (the next one starts
         it again, admitting in its own process meanwhile); whether it was stopped."""

@@ -140,6 +140,11 @@ class WorkerPool:
         report.failed += result.failed
         report.errors.extend(result.errors)
 
+    def running(self) -> int:
+        """How many worker processes are started (0 before first use and once stopped as idle)."""
+        with self._lock:
+            return self.processes if self._executor is not None else 0
+
     def stop_if_idle(self, idle_seconds: float) -> bool:
         """Stop the processes if no split retrieval has run for `idle_seconds` (the next one
         starts them again, ~1 s); whether they were stopped. Never while a retrieval runs."""

@@ -317,6 +317,14 @@ class Retriever:
 
     # --- StudySource --------------------------------------------------------------------
 
+    def processes_status(self) -> dict[str, object]:
+        """For the status page: the helper processes running now (they stop when idle)."""
+        return {
+            "c_get_workers": self.pool.running() if self.pool is not None else 0,
+            "admission_process": self.admission.running() if self.admission is not None else False,
+            "stop_after_idle_minutes": self.settings.dimse.retrieval_processes_idle_minutes,
+        }
+
     def stop_idle_processes(self, idle_seconds: float) -> list[str]:
         """Stop the C-GET worker and admission processes no retrieval used for `idle_seconds`
         (~80 MB each, idle); the next large retrieval starts them again. What was stopped."""

@@ -342,11 +342,14 @@ def test_idle_retrieval_processes_stop_and_start_again_on_the_next_retrieval(
     pool, admission = node.retriever.pool, node.retriever.admission
     assert pool is not None and admission is not None
     assert node.retriever.stop_idle_processes(0) == []  # none started yet
+    assert node.snapshot()["retrieval_processes"]["c_get_workers"] == 0
     assert node.retriever.retrieve(spec.study_uid).stored == 24  # split over the pool
     admission.warm()  # as a large in-process retrieval begins
     assert admission._ready is not None and admission._ready.result(timeout=60)
     workers = [*pool._pool()._processes, *(admission._executor._processes if admission._executor else [])]
     assert len(workers) == 3 and all(_alive(pid) for pid in workers)
+    running = {"c_get_workers": 2, "admission_process": True, "stop_after_idle_minutes": 10.0}
+    assert node.snapshot()["retrieval_processes"] == running
 
     assert node.retriever.stop_idle_processes(0) == ["c-get workers"]  # the admission is in use
     assert node.retriever.stop_idle_processes(3600) == []
@@ -355,6 +358,7 @@ def test_idle_retrieval_processes_stop_and_start_again_on_the_next_retrieval(
     assert node.retriever.stop_idle_processes(0) == ["admission process"]
     assert not any(_alive(pid) for pid in workers)
     assert pool._executor is None and admission._executor is None
+    assert node.snapshot()["retrieval_processes"] == {**running, "c_get_workers": 0, "admission_process": False}
 
     for path in (node.settings.store.folder / "store" / spec.study_uid).rglob("*.dcm"):
         path.unlink()
