@@ -327,7 +327,7 @@ class Retriever:
 
     def stop_idle_processes(self, idle_seconds: float) -> list[str]:
         """Stop the C-GET worker and admission processes no retrieval used for `idle_seconds`
-        (~80 MB each, idle); the next large retrieval starts them again. What was stopped."""
+        (~110 MB of PSS each, idle); the next large retrieval starts them again. What was stopped."""
         stopped = []
         if self.pool is not None and self.pool.stop_if_idle(idle_seconds):
             stopped.append("c-get workers")

@@ -20,11 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydicom import dcmread
-from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.tag import BaseTag
+from pydicom.tag import BaseTag, Tag
 
 from drimbox.errors import InvalidInstance, StoreError, StoreFull
 from drimbox.uids import checked_uid
@@ -91,10 +90,10 @@ class InstanceStore:
             return InspectedFile(
                 dataset=ds,
                 transfer_syntax_uid=checked_uid(syntax, "TransferSyntaxUID"),
-                study_uid=checked_uid(_uid(ds, elements, "StudyInstanceUID"), "StudyInstanceUID"),
-                series_uid=checked_uid(_uid(ds, elements, "SeriesInstanceUID"), "SeriesInstanceUID"),
-                sop_uid=checked_uid(_uid(ds, elements, "SOPInstanceUID"), "SOPInstanceUID"),
-                sop_class_uid=checked_uid(_uid(ds, elements, "SOPClassUID"), "SOPClassUID"),
+                study_uid=_uid(ds, elements, "StudyInstanceUID"),
+                series_uid=_uid(ds, elements, "SeriesInstanceUID"),
+                sop_uid=_uid(ds, elements, "SOPInstanceUID"),
+                sop_class_uid=_uid(ds, elements, "SOPClassUID"),
                 size=size,
                 elements=elements,
             )
@@ -198,21 +197,21 @@ def write_atomically(target: Path, data: bytes, work: Path | None = None) -> Non
     os.replace(partial, target)
 
 
-_UID_TAGS = {keyword: BaseTag(tag_for_keyword(keyword) or 0) for keyword in
-              ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")}  # fmt: skip
+_UID_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
+_UID_TAGS = {keyword: Tag(keyword) for keyword in _UID_KEYWORDS}
 
 
-def _uid(ds: Dataset, elements: Mapping[BaseTag, DataElement | RawDataElement], keyword: str) -> object:
-    """A UID element's value as read. Its bytes are ASCII digits and dots or invalid (checked_uid
-    tells), so they need no conversion through pydicom: ~15 µs each, four per instance received.
-    One declared with another VR (explicit VR) goes through pydicom, and is refused."""
+def _uid(ds: Dataset, elements: Mapping[BaseTag, DataElement | RawDataElement], keyword: str) -> str:
+    """A UID element's value, checked. Its bytes are ASCII digits and dots or invalid, so they
+    need no conversion through pydicom: ~15 µs each, four per instance received. One declared
+    with another VR (explicit VR) goes through pydicom, and is refused."""
     raw = elements.get(_UID_TAGS[keyword])
     if type(raw) is RawDataElement and raw.VR in ("UI", None) and isinstance(raw.value, bytes):
         try:
-            return raw.value.decode("ascii")
+            return checked_uid(raw.value.decode("ascii"), keyword)
         except UnicodeDecodeError:
             raise InvalidInstance(f"{keyword} is not ASCII") from None
-    return ds.get(keyword)
+    return checked_uid(ds.get(keyword), keyword)
 
 
 def _check_within(elem: object, size: int) -> None:

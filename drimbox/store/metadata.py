@@ -103,10 +103,10 @@ def _memo_key(raw: Element, tag: BaseTag, charset: object) -> tuple[object, ...]
     acquisition): converting each value with pydicom and encoding it again cost ~2 ms of every
     CT slice received, and deriving each element's VR and bulk status before looking it up
     another ~0.1 ms. The key holds everything an element's JSON fragment depends on (tag, VR as
-    read, byte order, undefined length, raw bytes, character set); the VR is the dictionary's when none was read
-    (implicit VR), so the tag stands for it. Only elements `_memorable` says so are stored; the
-    others' keys are looked up in vain. The memo is emptied when full: a series' shared elements
-    are encoded again once, the instances' own values are gone.
+    read, byte order, undefined length, raw bytes, character set); the VR is the dictionary's
+    when none was read (implicit VR), so the tag stands for it. Only elements `_memorable` says
+    so are stored; the others' keys are looked up in vain. The memo is emptied when full: a
+    series' shared elements are encoded again once, the instances' own values are gone.
     """
     if type(raw) is not RawDataElement or raw.value is None or len(raw.value) > _MEMO_SEQUENCE_BYTES:
         return None
