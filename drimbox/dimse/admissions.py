@@ -38,6 +38,7 @@ from drimbox.dimse.connection import ReceivedFile
 from drimbox.dimse.parallel import RetrieverFactory, spawn_pool
 from drimbox.dimse.storage import STATUS_SUCCESS, Admitted, Listener
 from drimbox.errors import DrimboxError
+from drimbox.store.files import DataSetStart
 from drimbox.store.intake import CheckedFile, InstanceIntake
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,8 @@ class Received:
     sender: str
     sop_uid: str
     sop_class_uid: str
+    #: where the data set begins, if the receiver wrote the file meta (else read from the file)
+    start: DataSetStart | None = None
 
 
 def admit_batch(intake: InstanceIntake, peer: str, batch: list[Received]) -> list[Admitted | str]:
@@ -77,7 +80,7 @@ def admit_batch(intake: InstanceIntake, peer: str, batch: list[Received]) -> lis
     for received in batch:
         try:
             item = intake.check(received.path, sender=received.sender, expected_sop_uid=received.sop_uid,
-                                expected_sop_class_uid=received.sop_class_uid)  # fmt: skip
+                                expected_sop_class_uid=received.sop_class_uid, start=received.start)  # fmt: skip
         except Exception as exc:
             outcomes.append(_refused(received, exc, peer))
             continue
@@ -155,7 +158,13 @@ class Admissions:
         return STATUS_SUCCESS
 
     def submit(
-        self, path: Path, sender: str, sop_uid: str, sop_class_uid: str, waiting: Callable[[], None] | None = None
+        self,
+        path: Path,
+        sender: str,
+        sop_uid: str,
+        sop_class_uid: str,
+        waiting: Callable[[], None] | None = None,
+        start: DataSetStart | None = None,
     ) -> None:
         """Queue a complete received file; blocks while the queue is full (the PACS waits meanwhile).
 
@@ -163,7 +172,7 @@ class Admissions:
         is restarted, since it is we who are slow, not the PACS (the admission process starting,
         a busy disk), and an idle timeout must only ever catch a silent peer.
         """
-        if not self._put(Received(path, sender, sop_uid, sop_class_uid), waiting):
+        if not self._put(Received(path, sender, sop_uid, sop_class_uid, start), waiting):
             raise DrimboxError("the retrieval's admission has stopped")
 
     def _put(self, item: Received | None, waiting: Callable[[], None] | None = None) -> bool:

@@ -36,6 +36,7 @@ from drimbox.dimse.admissions import Admissions
 from drimbox.dimse.connection import ReceivedFile
 from drimbox.dimse.fragments import ITEM, pdv_items
 from drimbox.dimse.readyfiles import ReadyFiles
+from drimbox.store.files import DataSetStart
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ class _Transfer:
     message_id: int
     sop_class_uid: str
     sop_uid: str
+    start: DataSetStart
 
 
 class SubOperations:
@@ -162,14 +164,17 @@ class SubOperations:
     def _begin(self, command: dict[int, bytes], context_id: int) -> None:
         sop_class, sop_uid = _uid(command[_SOP_CLASS]), _uid(command[_SOP_INSTANCE])
         file = ReceivedFile(self._incoming, self._files.take() if self._files is not None else None)
-        file.write(b"\x00" * 128 + b"DICM" + file_meta(sop_class, sop_uid, self._contexts[context_id][1]))
-        self._transfer = _Transfer(file, context_id, _us(command[_MESSAGE_ID]), sop_class, sop_uid)
+        syntax = self._contexts[context_id][1]
+        head = b"\x00" * 128 + b"DICM" + file_meta(sop_class, sop_uid, syntax)
+        file.write(head)
+        start = DataSetStart(len(head), syntax)
+        self._transfer = _Transfer(file, context_id, _us(command[_MESSAGE_ID]), sop_class, sop_uid, start)
 
     def _finish(self, dul: Any, transfer: _Transfer) -> None:
         self._transfer = None
         transfer.file.close()
         self._admissions.submit(Path(transfer.file.name), self._sender, transfer.sop_uid, transfer.sop_class_uid,
-                                dul._idle_timer.restart)  # fmt: skip
+                                dul._idle_timer.restart, transfer.start)  # fmt: skip
         answer = response_pdu(transfer.context_id, transfer.message_id, transfer.sop_class_uid, transfer.sop_uid)
         dul.socket.send(answer)
         self.handled += 1

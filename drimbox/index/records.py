@@ -173,18 +173,33 @@ class InstanceRecord:
 
     @classmethod
     def from_dataset(
-        cls, ds: Dataset, transfer_syntax_uid: str = "", sop_uid: str = "", sop_class_uid: str = ""
+        cls,
+        ds: Dataset,
+        transfer_syntax_uid: str = "",
+        sop_uid: str = "",
+        sop_class_uid: str = "",
+        shape: ImageShape | None = None,
     ) -> InstanceRecord:
-        """`sop_uid`, `sop_class_uid`: already read and checked (a stored file's), else from `ds`."""
+        """`sop_uid`, `sop_class_uid`, `shape`: already read (a stored file's), else from `ds`."""
+        rows, columns, frames = shape or image_shape(ds)
         return cls(
             sop_uid=sop_uid or checked_uid(ds.get("SOPInstanceUID"), "SOPInstanceUID"),
             sop_class_uid=sop_class_uid or text(ds, "SOPClassUID"),
             instance_number=integer(ds, "InstanceNumber"),
-            rows=integer(ds, "Rows"),
-            columns=integer(ds, "Columns"),
-            number_of_frames=integer(ds, "NumberOfFrames"),
+            rows=rows,
+            columns=columns,
+            number_of_frames=frames,
             transfer_syntax_uid=transfer_syntax_uid or text(ds, "AvailableTransferSyntaxUID"),
         )
+
+
+#: Rows, Columns, NumberOfFrames
+ImageShape = tuple[int | None, int | None, int | None]
+SHAPE_KEYWORDS = ("Rows", "Columns", "NumberOfFrames")
+
+
+def image_shape(ds: Dataset) -> ImageShape:
+    return integer(ds, "Rows"), integer(ds, "Columns"), integer(ds, "NumberOfFrames")
 
 
 @dataclass(frozen=True)

@@ -101,15 +101,19 @@ def test_records_are_reused_only_for_the_same_bytes(intake: InstanceIntake, tmp_
     """The study and series records of a series' next instances come from a memo keyed by bytes."""
     from drimbox.store.intake import _entry
 
-    first, second, third = write_study(StudySpec(series=[(CT, "CT", 3)]), tmp_path / "src")
+    first, second, third = write_study(StudySpec(series=[(CT, "CT", 3)], rows=32, columns=48), tmp_path / "src")
     ds = dcmread(third)
     ds.PatientName = "MARTIN^Zoé"
+    ds.Rows, ds.NumberOfFrames = 16, 2  # (same pixel bytes: 2 frames of 16 × 48)
     ds.save_as(third)
     entries = [_entry(intake.store.inspect(path), tmp_path / "x.dcm") for path in (first, second, third)]
     assert entries[1].study is entries[0].study and entries[1].series is entries[0].series
     assert entries[2].study is not entries[0].study and entries[2].series is entries[0].series
     assert entries[2].study.patient.name == "MARTIN^Zoé" and entries[0].study.patient.name == "DUPRÉ^Hélène"
     assert [e.instance.sop_uid for e in entries] == [first.stem, second.stem, third.stem]
+    shapes = [(e.instance.rows, e.instance.columns, e.instance.number_of_frames) for e in entries]
+    assert shapes == [(32, 48, None), (32, 48, None), (16, 48, 2)]
+    assert [e.instance.instance_number for e in entries] == [1, 2, 3]
 
 
 def test_a_batch_the_index_refuses_leaves_no_file(

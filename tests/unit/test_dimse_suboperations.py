@@ -32,7 +32,7 @@ from drimbox.dimse.storage import Admitted
 from drimbox.index import db
 from drimbox.index.repository import IndexRepository
 from drimbox.ports import AuditEvent
-from drimbox.store.files import InstanceStore
+from drimbox.store.files import DataSetStart, InstanceStore
 from drimbox.store.intake import InstanceIntake
 from tests.support.datasets import CT, StudySpec, write_study
 
@@ -225,3 +225,24 @@ def test_a_transfer_broken_off_leaves_no_partial_file(intake: InstanceIntake, tm
     assert not receiver.receiving and not partial.exists()
     receiver.close()
     assert list(intake.store.incoming.iterdir()) == []
+
+
+def test_admission_is_told_where_each_data_set_begins(
+    intake: InstanceIntake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The short path wrote the file meta itself: admission parses from where the data set begins,
+    the place the meta's group length gives."""
+    seen: list[tuple[bytes, DataSetStart | None]] = []
+    inspect = intake.store.inspect
+
+    def spy(path: Path, start: DataSetStart | None = None) -> Any:
+        seen.append((path.read_bytes(), start))
+        return inspect(path, start)
+
+    monkeypatch.setattr(intake.store, "inspect", spy)
+    files = write_study(StudySpec(series=[(CT, "CT", 3)], rows=64, columns=64), tmp_path / "src")
+    admitted, _, receiver = _retrieve(intake, files, short_path=True)
+    assert receiver.handled == 3 and len(admitted) == 3 and len(seen) == 3
+    for data, start in seen:
+        (group_length,) = struct.unpack("<L", data[140:144])
+        assert start == DataSetStart(132 + 12 + group_length, str(ExplicitVRLittleEndian))

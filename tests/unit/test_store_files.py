@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import os
+import struct
 import time
 from pathlib import Path
 
 import pytest
+from pydicom import dcmread
+from pydicom.filewriter import dcmwrite
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 
 from drimbox.errors import InvalidInstance
-from drimbox.store.files import InstanceStore
+from drimbox.store import files
+from drimbox.store.files import DataSetStart, InstanceStore
 from tests.support.datasets import CT, StudySpec, write_study
 
 
@@ -20,9 +30,9 @@ def test_admit_places_a_checked_file(tmp_path: Path, fsync: bool) -> None:
     received = store.incoming / "cstore-x.dcm"
     received.write_bytes(source.read_bytes())
     inspected = store.inspect(received)
-    final = store.admit(received, inspected)
-    assert final == store.path_for(inspected.study_uid, inspected.series_uid, inspected.sop_uid)
-    assert final.read_bytes() == source.read_bytes() and not received.exists()
+    place = store.path_for(inspected.study_uid, inspected.series_uid, inspected.sop_uid)
+    assert store.admit(received, place) == place
+    assert place.read_bytes() == source.read_bytes() and not received.exists()
 
 
 def test_truncated_pixel_data_is_refused(tmp_path: Path) -> None:
@@ -149,7 +159,7 @@ def test_header_from_the_head_of_the_file_is_the_whole_header(
 
     parsed: list[int] = []
     parse = files._parse
-    monkeypatch.setattr(files, "_parse", lambda data, path: parsed.append(len(data)) or parse(data, path))
+    monkeypatch.setattr(files, "_parse", lambda data, path, *rest: parsed.append(len(data)) or parse(data, path, *rest))
 
     [source] = write_study(StudySpec(series=[(CT, "CT", 1)], rows=256, columns=256), tmp_path / "src")
     if trailing:
@@ -294,3 +304,98 @@ def test_a_uid_declared_with_another_vr_is_refused(tmp_path: Path) -> None:
     ds.save_as(tmp_path / "ob.dcm")
     with pytest.raises(InvalidInstance, match="SOPInstanceUID"):
         InstanceStore(tmp_path / "data").inspect(tmp_path / "ob.dcm")
+
+
+def _known_start(source: Path) -> DataSetStart:
+    """Where `source`'s data set begins: past its file meta group, whose length the group states."""
+    data = source.read_bytes()
+    (group_length,) = struct.unpack("<L", data[140:144])
+    return DataSetStart(144 + group_length, str(dcmread(source, stop_before_pixels=True).file_meta.TransferSyntaxUID))
+
+
+@pytest.mark.parametrize("rows", [64, 256])  # parsed whole / from the head of the file
+@pytest.mark.parametrize(
+    ("syntax", "plain"),
+    [
+        (ExplicitVRLittleEndian, True),
+        (ImplicitVRLittleEndian, True),
+        (DeflatedExplicitVRLittleEndian, False),
+        (ExplicitVRBigEndian, False),
+    ],
+)
+def test_a_known_data_set_start_reads_what_the_file_meta_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, syntax: str, plain: bool, rows: int
+) -> None:
+    """The receiver that wrote the file meta says where the data set begins: the same elements,
+    values and UIDs as reading the meta, without it. A deflated or big endian data set is read as
+    pydicom reads it, from the file meta."""
+    [source] = write_study(StudySpec(series=[(CT, "CT", 1)], rows=rows, columns=rows), tmp_path / "src")
+    ds = dcmread(source)
+    ds.file_meta.TransferSyntaxUID = syntax
+    if syntax == ExplicitVRBigEndian:  # (pydicom converts to big endian only when forced)
+        dcmwrite(source, ds, implicit_vr=False, little_endian=False, force_encoding=True)
+    else:
+        ds.save_as(source, enforce_file_format=True)
+    start = _known_start(source)
+    store = InstanceStore(tmp_path / "data")
+    read = store.inspect(source)
+    reads: list[object] = []
+    monkeypatch.setattr(files, "dcmread", lambda *args, **kwargs: reads.append(args) or dcmread(*args, **kwargs))
+    known = store.inspect(source, start)
+    assert bool(reads) != plain  # (read by pydicom from its own meta only when not plain)
+    assert known.elements == read.elements  # the raw elements: tags, VRs, values, positions in the file
+    assert (known.study_uid, known.series_uid, known.sop_uid, known.sop_class_uid) == (
+        read.study_uid,
+        read.series_uid,
+        read.sop_uid,
+        read.sop_class_uid,
+    )
+    assert known.transfer_syntax_uid == read.transfer_syntax_uid == syntax
+    assert known.dataset.file_meta.TransferSyntaxUID == syntax
+    assert known.dataset.PatientName == ds.PatientName and known.dataset.PixelData == ds.PixelData
+
+
+@pytest.mark.parametrize("offset", [144, 150, 10**6])
+def test_a_start_that_does_not_fit_the_file_is_not_trusted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, offset: int
+) -> None:
+    """Inside the meta group, or past the end: the file is read from its own meta instead."""
+    [source] = write_study(StudySpec(series=[(CT, "CT", 1)], rows=64, columns=64), tmp_path / "src")
+    store = InstanceStore(tmp_path / "data")
+    read = store.inspect(source)
+    reads: list[object] = []
+    monkeypatch.setattr(files, "dcmread", lambda *args, **kwargs: reads.append(args) or dcmread(*args, **kwargs))
+    known = store.inspect(source, DataSetStart(offset, str(ExplicitVRLittleEndian)))
+    assert len(reads) == 1 and known.elements == read.elements and known.sop_uid == read.sop_uid
+
+
+def _deflated_ct(tmp_path: Path, rows: int = 64) -> Path:
+    [source] = write_study(StudySpec(series=[(CT, "CT", 1)], rows=rows, columns=rows), tmp_path / "src")
+    ds = dcmread(source)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.save_as(source, enforce_file_format=True)
+    return source
+
+
+def test_a_deflated_instance_is_read_whole(tmp_path: Path) -> None:
+    """Its values cannot be read back from the file later (they are positions in the inflated
+    stream): all are read now."""
+    source = _deflated_ct(tmp_path, rows=256)
+    inspected = InstanceStore(tmp_path / "data").inspect(source)
+    assert inspected.transfer_syntax_uid == DeflatedExplicitVRLittleEndian
+    assert all(getattr(element, "value", None) is not None for element in inspected.elements.values())
+    assert inspected.dataset.PixelData == dcmread(source).PixelData
+
+
+def test_a_deflated_data_set_that_inflates_too_far_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    source = _deflated_ct(tmp_path)  # 8 KiB of pixels
+    monkeypatch.setattr(files, "DEFLATED_MAX", 4096)
+    with pytest.raises(InvalidInstance, match="inflates beyond"):
+        InstanceStore(tmp_path / "data").inspect(source)
+
+
+def test_a_truncated_deflated_data_set_is_refused(tmp_path: Path) -> None:
+    source = _deflated_ct(tmp_path)
+    source.write_bytes(source.read_bytes()[:-200])
+    with pytest.raises(InvalidInstance):
+        InstanceStore(tmp_path / "data").inspect(source)
