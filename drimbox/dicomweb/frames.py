@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 from pydicom import dcmread
 from pydicom.dataelem import RawDataElement
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from drimbox.dicomweb import multipart
 from drimbox.dicomweb.accept import MediaRange, NotAcceptable, parse_accept
@@ -149,15 +150,19 @@ def frames_router(wado: Wado, authorize: Callable[..., AccessScope]) -> APIRoute
         held = _instance(wado, scope, study, series, sop)
         if len(tag) != 8 or not all(c in "0123456789ABCDEFabcdef" for c in tag):
             raise Problem(400, "a bulk data tag is 8 hexadecimal digits, e.g. 7FE00010")
-        offset, length = _value_range(Path(held.path), int(tag, 16))
+        value = _bulk_value(Path(held.path), int(tag, 16))
         boundary = multipart.new_boundary()
 
         def body() -> Iterator[bytes]:
-            with open(held.path, "rb") as handle:
-                handle.seek(offset)
-                yield multipart.part_header(boundary, OCTET, length)
-                yield from multipart.file_chunks(handle, length)
-                yield b"\r\n"
+            if isinstance(value, bytes):
+                yield from multipart.bytes_part(boundary, OCTET, value)
+            else:
+                offset, length = value
+                with open(held.path, "rb") as handle:
+                    handle.seek(offset)
+                    yield multipart.part_header(boundary, OCTET, length)
+                    yield from multipart.file_chunks(handle, length)
+                    yield b"\r\n"
             yield multipart.closing(boundary)
 
         return StreamingResponse(body(), headers={"Content-Type": multipart.content_type(boundary, OCTET)})
@@ -213,13 +218,21 @@ def _representative(wado: Wado, scope: AccessScope, study: str, series: str | No
     return first
 
 
-def _value_range(path: Path, tag: int) -> tuple[int, int]:
-    """Where a bulk value lies in the file: only values the metadata gave a BulkDataURI for
-    (too large to inline, so left unread by the header parse)."""
+def _bulk_value(path: Path, tag: int) -> tuple[int, int] | bytes:
+    """Where a bulk value lies in the file (offset, length): only values the metadata gave a
+    BulkDataURI for (too large to inline, so left unread by the header parse). In a deflated
+    data set the value itself, inflated (the store admits those only up to files.DEFLATED_MAX)."""
     ds = dcmread(path, defer_size=metadata.BULK_THRESHOLD)
+    deflated = ds.file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian
+    if deflated:  # (positions in the inflated stream, not the file: read every value)
+        ds = dcmread(path)
     raw = ds.get_item(tag, keep_deferred=True) if tag in ds else None
-    if not isinstance(raw, RawDataElement) or raw.value is not None or raw.length == 0xFFFFFFFF:
+    if not isinstance(raw, RawDataElement) or raw.length == 0xFFFFFFFF:
         raise Problem(404, "no such bulk data in this instance (encapsulated pixel data: ask for frames)")
+    if deflated and isinstance(raw.value, bytes) and raw.length > metadata.BULK_THRESHOLD:
+        return raw.value
+    if deflated or raw.value is not None:
+        raise Problem(404, "no such bulk data in this instance (a value short enough is in the metadata)")
     return raw.value_tell, raw.length
 
 

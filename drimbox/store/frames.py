@@ -196,12 +196,14 @@ def _read_dataset(fp: Any, path: Path) -> Dataset:
 
 def _index_pixels(fd: int, header: Dataset, start: int) -> FrameIndex | None:
     """Parse the pixel data element header at `start` (where pydicom stopped) and index it."""
+    ts = UID(header.file_meta.TransferSyntaxUID)
+    if ts.is_transfer_syntax and ts.is_deflated:  # (`start` is a place in the inflated stream)
+        raise FrameAccessUnsupported(f"{ts} is deflated: frame offsets in the file do not exist")
     head = os.pread(fd, 12, start)
     if len(head) < 8:
         if "Rows" in header and "BitsAllocated" in header:
             raise InvalidInstance("the file ends before its Pixel Data (truncated)")
         return None
-    ts = UID(header.file_meta.TransferSyntaxUID)
     _refuse_unaddressable(ts, header)
     group, element = struct.unpack("<HH", head[:4])
     if (group << 16 | element) not in _PIXEL_TAGS:

@@ -334,3 +334,23 @@ def test_odd_instances_a_peer_sent_never_make_the_box_fail(
             assert response.status_code < 500, (asked, changes, response.text[:300])
             if response.status_code >= 400:
                 assert response.headers["content-type"] == "application/problem+json", (asked, response.text[:200])
+
+
+def test_a_deflated_instance_is_served_inflated(box: Box, client: TestClient, tmp_path: Path) -> None:
+    """A deflated data set is admitted (its values read whole); its pixel data is served as bulk
+    data, inflated, and its frames are refused with a problem (no offsets in the file)."""
+    source = _odd_instance(box, {"TransferSyntaxUID": "1.2.840.10008.1.2.1.99"}, b"", tmp_path)
+    received = box.node.store.incoming / source.name
+    received.write_bytes(source.read_bytes())
+    entry = box.node.storage.intake.admit(received, sender="ODD")
+    assert entry.instance.transfer_syntax_uid == "1.2.840.10008.1.2.1.99"
+    base = f"{PREFIX}/studies/{box.study}/series/{entry.series.series_uid}/instances/{entry.instance.sop_uid}"
+    headers = {"Authorization": f"Bearer {TOKEN}", "KOS-SOPInstanceUID": KOS_UID}
+    document = client.get(f"{base}/metadata", headers=headers).json()[0]
+    assert document["7FE00010"]["BulkDataURI"].endswith(f"{base}/bulkdata/7FE00010")
+    bulk = client.get(f"{base}/bulkdata/7FE00010", headers=headers)
+    boundary = bulk.headers["content-type"].split("boundary=")[1].split(";")[0].strip('"').encode()
+    [part] = [p for p in bulk.content.split(b"--" + boundary) if b"\r\n\r\n" in p]
+    assert bulk.status_code == 200 and part.split(b"\r\n\r\n", 1)[1].removesuffix(b"\r\n") == dcmread(source).PixelData
+    frames = client.get(f"{base}/frames/1", headers={**headers, "Accept": FRAMES[0]})
+    assert 400 <= frames.status_code < 500 and "deflated" in frames.json()["detail"]
