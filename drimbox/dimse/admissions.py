@@ -175,6 +175,11 @@ class Admissions:
         if not self._put(Received(path, sender, sop_uid, sop_class_uid, start), waiting):
             raise DrimboxError("the retrieval's admission has stopped")
 
+    def lost(self, sop_uid: str, reason: str) -> None:
+        """An instance answered as received that never reached the queue: failed all the same."""
+        log.error("instance lost", extra={"event": "cstore.lost", "peer": self._peer, "reason": reason})
+        self.failures.append(f"{sop_uid}: {reason}")
+
     def _put(self, item: Received | None, waiting: Callable[[], None] | None = None) -> bool:
         """Queue `item`, waiting for room (`waiting()` every `_KEEPALIVE` s); False if the queue
         is full and its reader has stopped."""

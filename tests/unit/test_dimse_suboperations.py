@@ -26,7 +26,7 @@ from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformati
 
 from drimbox.dimse import suboperations
 from drimbox.dimse.admissions import Admissions
-from drimbox.dimse.connection import configure_pynetdicom, receive_into
+from drimbox.dimse.connection import ReceivedFile, configure_pynetdicom, receive_into
 from drimbox.dimse.fragments import pdv_items
 from drimbox.dimse.storage import Admitted
 from drimbox.index import db
@@ -246,3 +246,28 @@ def test_admission_is_told_where_each_data_set_begins(
     for data, start in seen:
         (group_length,) = struct.unpack("<L", data[140:144])
         assert start == DataSetStart(132 + 12 + group_length, str(ExplicitVRLittleEndian))
+
+
+def test_a_file_that_cannot_be_written_out_is_counted_failed(
+    intake: InstanceIntake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The answer goes before the file is written out: an instance whose write then fails (the
+    disk full) was answered "success", and is a failure of the retrieval, with no file left."""
+    close = ReceivedFile.close
+    closed: list[str] = []
+
+    def close_or_fail(self: ReceivedFile) -> None:
+        closed.append(self.name)
+        close(self)
+        if len(closed) == 2:
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ReceivedFile, "close", close_or_fail)
+    files = write_study(StudySpec(series=[(CT, "CT", 3)], rows=64, columns=64), tmp_path / "src")
+    admitted, final, receiver = _retrieve(intake, files, short_path=True)
+    assert final.Status == 0x0000 and final.NumberOfCompletedSuboperations == 3 and receiver.handled == 3
+    [failure] = receiver._admissions.failures
+    assert "could not be written: [Errno 28] No space left on device" in failure
+    lost_uid = failure.split(":")[0]
+    assert len(admitted) == 2 and sorted([a.sop_uid for a in admitted] + [lost_uid]) == sorted(p.stem for p in files)
+    assert not Path(closed[1]).exists() and list(intake.store.incoming.iterdir()) == []
