@@ -99,15 +99,21 @@ class RetrievalHub:
                 retrieval = self._start((study_uid, series_uid))
         return retrieval.follow(series_uid, self.stall_seconds)
 
-    def study_running(self, study_uid: str) -> bool:
-        """Whether a retrieval of the whole study is under way."""
-        with self._lock:
-            return (study_uid, None) in self._running
+    def follow_study(self, study_uid: str, whole: Callable[[], bool]) -> Iterator[Path] | None:
+        """The study's files from its running retrieval, or from a new one when no retrieval of
+        it or of its series runs and `whole()` says to fetch it whole; None to go series by series.
 
-    def running_in(self, study_uid: str) -> bool:
-        """Whether a retrieval of the study, or of one of its series, is under way."""
+        Decided under the hub's lock, so no series retrieval starts between the look and the start
+        (a study retrieval beside a series one fetched that series twice). `whole()` is asked
+        there too: no retrieval of the study ends meanwhile.
+        """
         with self._lock:
-            return any(key[0] == study_uid for key in self._running)
+            retrieval = self._running.get((study_uid, None))
+            if retrieval is None:
+                if any(key[0] == study_uid for key in self._running) or not whole():
+                    return None
+                retrieval = self._start((study_uid, None))
+        return retrieval.follow(None, self.stall_seconds)
 
     def running(self) -> int:
         with self._lock:

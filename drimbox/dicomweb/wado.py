@@ -160,19 +160,21 @@ class Wado:
         each series still missing, one after the other (a series being fetched is followed, a
         series we hold is not fetched again)."""
         if series is not None:
-            yield from self.hub.follow(study, series)
+            expected = self.index.instance_uids(study, series)
+            # (a retrieval that ended since the request looked may have brought them all)
+            landed = functools.partial(self._landed, study, series, expected) if expected else None
+            yield from self.hub.follow(study, series, held=landed)
             return
         by_series = self.index.instances_by_series(study)
-        missing = [uid for uid, sops in by_series.items() if not set(sops) <= held]
-        # Instances unknown to the index, or the study's retrieval running: follow that one.
-        # Checks in this order: a retrieval that ends between them has indexed its files first.
-        if (
-            not by_series
-            or self.hub.study_running(study)
-            or (len(missing) == len(by_series) and not self.hub.running_in(study) and not self.index.held(study))
-        ):
+        if not by_series:  # instances unknown to the index: the study's retrieval (joined if running)
             yield from self.hub.follow(study)
             return
+        # Running, or nothing of it here and none of its series on its way: the whole study.
+        whole = self.hub.follow_study(study, lambda: not self.index.held(study))
+        if whole is not None:
+            yield from whole
+            return
+        missing = [uid for uid, sops in by_series.items() if not set(sops) <= held]
         for series_uid in missing:
             landed = functools.partial(self._landed, study, series_uid, set(by_series[series_uid]))
             yield from self.hub.follow(study, series_uid, held=landed)

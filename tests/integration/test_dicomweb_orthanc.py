@@ -273,6 +273,74 @@ def test_a_study_asked_for_while_one_of_its_series_is_fetched_follows_that_fetch
     assert sorted(asked[1:]) == sorted(set(series) - {ct})  # type: ignore[type-var]
 
 
+def test_a_series_asked_for_as_the_study_retrieval_ends_is_served_from_the_store(box: Box) -> None:
+    """The series request looked while the study's retrieval was under way, and goes to the PACS
+    only after it ended: what it brought is served, the series is not fetched again."""
+    gate = threading.Event()
+    asked = _record_retrievals(box, hold_first=gate)
+    ct = next(uid for uid, count in _series_of(box).items() if count == 60)
+    looked = threading.Event()
+    held = box.node.wado._held
+
+    def held_then_wait(study: str, series: str | None, sop: str | None) -> Any:
+        result = held(study, series, sop)
+        if series == ct:
+            looked.set()
+            deadline = time.monotonic() + 60
+            while box.node.wado.hub.running() and time.monotonic() < deadline:
+                time.sleep(0.01)
+        return result
+
+    box.node.wado._held = held_then_wait  # type: ignore[method-assign]
+    got: dict[str, int] = {}
+    threads = [
+        threading.Thread(target=lambda: got.update(study=len(_client(box).retrieve_study(box.study_uid)))),
+        threading.Thread(target=lambda: got.update(series=len(_client(box).retrieve_series(box.study_uid, ct)))),
+    ]
+    threads[0].start()
+    deadline = time.monotonic() + 30
+    while asked != [None] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    threads[1].start()
+    assert looked.wait(30), "the series request looked while the study retrieval was held"
+    gate.set()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert got == {"study": len(box.files), "series": 60}
+    assert asked == [None], "one retrieval: the series came with the study"
+
+
+def test_no_series_retrieval_starts_between_a_study_request_look_and_its_retrieval(box: Box) -> None:
+    """The study request decides to fetch the study whole while a series request arrives: the
+    series request follows the study retrieval (decided under the hub's lock), never fetches its
+    series beside it."""
+    asked = _record_retrievals(box)
+    ct = next(uid for uid, count in _series_of(box).items() if count == 60)
+    held = box.node.index.held
+    study_looks: list[None] = []
+    got: dict[str, int] = {}
+    series_request = threading.Thread(
+        target=lambda: got.update(series=len(_client(box).retrieve_series(box.study_uid, ct)))
+    )
+
+    def held_and_a_series_request(study: str, series: str | None = None) -> Any:
+        result = held(study, series)
+        if series is None:
+            study_looks.append(None)
+            if len(study_looks) == 2:  # the study request's last look before it fetches the study
+                series_request.start()
+                deadline = time.monotonic() + 2  # (it cannot start while the hub is locked)
+                while ct not in asked and time.monotonic() < deadline:
+                    time.sleep(0.01)
+        return result
+
+    box.node.index.held = held_and_a_series_request  # type: ignore[method-assign]
+    study = _client(box).retrieve_study(box.study_uid)
+    series_request.join(timeout=120)
+    assert len(study) == len(box.files) and got == {"series": 60}
+    assert asked == [None], "the series request followed the study retrieval"
+
+
 def test_access_control_statuses(box: Box) -> None:
     url = f"{box.url}/studies/{box.study_uid}/metadata"
     cases = [
