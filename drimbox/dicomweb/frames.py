@@ -126,7 +126,7 @@ def frames_router(wado: Wado, authorize: Callable[..., AccessScope]) -> APIRoute
         wado.cache.served([held.sop_uid])
 
         def body() -> Iterator[bytes]:
-            with wado.cache.pinned(held.sop_uid):
+            with wado.cache.pinned(held.sop_uid, held.path):
                 yield from frame_parts()
 
         def frame_parts() -> Iterator[bytes]:

@@ -270,7 +270,7 @@ class Wado:
         return itertools.chain((head,), part)
 
     def _part(self, boundary: str, held: HeldInstance, syntax: str) -> Iterator[Piece]:
-        with self.cache.pinned(held.sop_uid):
+        with self.cache.pinned(held.sop_uid, held.path):
             yield from self._unpinned_part(boundary, held, syntax)
 
     def _unpinned_part(self, boundary: str, held: HeldInstance, syntax: str) -> Iterator[Piece]:

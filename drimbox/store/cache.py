@@ -2,25 +2,29 @@
 
 The PACS keeps every instance, so evicting a file loses nothing: the index keeps the instance
 (without a file) and the next request fetches it again. Files being served are pinned and never
-evicted; a file opened before it is unlinked stays readable anyway (POSIX), so a response in
-another process is not cut either. The index forgets a file before it is deleted, so the index
-never points at a missing file.
+evicted, whichever HTTP process serves them and whichever evicts: a pin is a count in its own
+process and a shared `flock` on the file, which eviction tests without waiting. A file opened
+before it is unlinked stays readable anyway (POSIX). The index forgets a file before it is
+deleted, so the index never points at a missing file.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import threading
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from drimbox.index.repository import IndexRepository
+from drimbox.index.repository import HeldInstance, IndexRepository
 from drimbox.store.files import InstanceStore
 
 log = logging.getLogger(__name__)
 
 _BATCH = 500
+_LOCKED_AT_ONCE = 64  # files an eviction holds locked (and open) at a time
 _HEADROOM = 0.9  # evict down to 90 % of the bound, so eviction does not run after every instance
 
 
@@ -36,13 +40,16 @@ class StoreCache:
         self._evicting = threading.Lock()
 
     @contextmanager
-    def pinned(self, sop_uid: str) -> Iterator[None]:
-        """While inside, the instance's file is not evicted."""
+    def pinned(self, sop_uid: str, path: str | None = None) -> Iterator[None]:
+        """While inside, the instance's file (at `path`) is not evicted, by this process or another."""
         with self._lock:
             self._pins[sop_uid] += 1
+        shared = _lock(path, fcntl.LOCK_SH) if path else None
         try:
             yield
         finally:
+            if shared is not None:
+                os.close(shared)  # (releases the lock)
             with self._lock:
                 self._pins[sop_uid] -= 1
                 if self._pins[sop_uid] <= 0:
@@ -73,10 +80,10 @@ class StoreCache:
             candidates = self.index.least_recently_served(_BATCH + skipped)[skipped:]
             if not candidates:
                 break
-            chosen = []
+            chosen: list[HeldInstance] = []
             with self._lock:
                 for held in candidates:
-                    if freed >= goal:
+                    if freed >= goal or len(chosen) == _LOCKED_AT_ONCE:
                         break
                     if held.sop_uid in self._pins:
                         skipped += 1
@@ -87,6 +94,43 @@ class StoreCache:
             # event loop takes pins). A file pinned after the choice is removed all the same, as
             # one pinned just after its removal would be: its reader opens it first (and keeps
             # reading it once unlinked) or finds it gone and fetches the instance again.
-            self.index.release_files(h.sop_uid for h in chosen)
-            self.store.remove([h.path for h in chosen])
+            taken, locks = _unpinned_elsewhere(chosen)
+            skipped += len(chosen) - len(taken)
+            freed -= sum(held.size for held in chosen if held not in taken)
+            try:
+                self.index.release_files(h.sop_uid for h in taken)
+                self.store.remove([h.path for h in taken])
+            finally:
+                for descriptor in locks:
+                    os.close(descriptor)
         return freed
+
+
+def _unpinned_elsewhere(chosen: list[HeldInstance]) -> tuple[list[HeldInstance], list[int]]:
+    """Those of `chosen` no other process pins, with the exclusive locks that keep it so until
+    they are removed (a file already gone is taken, without a lock)."""
+    taken, locks = [], []
+    for held in chosen:
+        if not os.path.exists(held.path):
+            taken.append(held)
+            continue
+        descriptor = _lock(held.path, fcntl.LOCK_EX)
+        if descriptor is not None:
+            taken.append(held)
+            locks.append(descriptor)
+    return taken, locks
+
+
+def _lock(path: str, kind: int) -> int | None:
+    """An open descriptor of `path` holding a `kind` flock, taken without waiting; None if another
+    process holds the other kind, or the file is gone (a reader then fetches it again)."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(descriptor, kind | fcntl.LOCK_NB)
+    except OSError:
+        os.close(descriptor)
+        return None
+    return descriptor

@@ -115,3 +115,45 @@ def test_a_pin_never_waits_for_an_eviction_s_database_write(tmp_path: Path, monk
         finish.set()
         evicting.join(10)
     assert index.bytes_held() <= cache.max_bytes
+
+
+_PIN_ELSEWHERE = """
+import sys, time
+from pathlib import Path
+from drimbox.index import db
+from drimbox.index.repository import IndexRepository
+from drimbox.store.cache import StoreCache
+from drimbox.store.files import InstanceStore
+
+folder, sop_uid, path = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+index = IndexRepository(db.make_engine(f"sqlite:///{folder / 'index.db'}"))
+cache = StoreCache(index, InstanceStore(folder / "data"), 0)
+with cache.pinned(sop_uid, path):
+    print("pinned", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_a_file_another_process_serves_is_not_evicted(tmp_path: Path) -> None:
+    """With several HTTP processes, one may evict while another serves: the pin is a shared
+    flock on the file, which the eviction sees across processes."""
+    import subprocess
+    import sys
+
+    index, store, _ = _filled(tmp_path, 6)
+    size = index.bytes_held() // 6
+    oldest = index.least_recently_served(1)[0]
+    command = [sys.executable, "-c", _PIN_ELSEWHERE, str(tmp_path), oldest.sop_uid, oldest.path]
+    with subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as other:
+        assert other.stdout is not None and other.stdin is not None
+        assert other.stdout.readline().strip() == "pinned"
+        cache = StoreCache(index, store, max_bytes=size * 4)
+        assert cache.evict() >= 2 * size
+        kept = {h.sop_uid for h in index.least_recently_served(10)}
+        assert oldest.sop_uid in kept and Path(oldest.path).is_file(), "pinned in the other process"
+        assert {p.stem for p in store.root.rglob("*.dcm")} == kept
+        other.stdin.write("\n")
+        other.stdin.flush()
+        assert other.wait(timeout=30) == 0
+    StoreCache(index, store, max_bytes=size).evict()
+    assert not Path(oldest.path).exists(), "unpinned, it goes first"
