@@ -171,21 +171,39 @@ def _read_header(path: Path, size: int, start: DataSetStart | None = None) -> Da
     try:
         ds = _read_deferring(path, size, start)
     except zlib.error:  # (a deflated data set cut short where only the head was read: read it whole)
-        return _read_inflated(path)
+        inflated = _read_inflated(path)
+        if inflated is None:
+            raise
+        return inflated
     if ds.file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
-        return _read_inflated(path)
+        inflated = _read_inflated(path)
+        return inflated if inflated is not None else ds
     return ds
 
 
 #: The most a deflated data set may inflate to; beyond, the instance is refused.
 DEFLATED_MAX = 128 << 20
+_DEFLATED = str(DeflatedExplicitVRLittleEndian).encode("ascii")
 
 
-def _read_inflated(path: Path) -> Dataset:
-    """A deflated data set, every value read. pydicom inflates it in memory, where values it
-    deferred could not be read back from the file (their positions are the inflated stream's).
-    Its inflated size is measured first, in bounded steps: a few KiB of deflate may announce GiB."""
+def _says_deflated(head: bytes, start: DataSetStart | None) -> bool:
+    """Whether the file meta at the `head` of a file names the deflated syntax: looked for before
+    pydicom reads a data set, which it would inflate whole in memory, however large."""
+    if start is not None:
+        return start.transfer_syntax_uid == DeflatedExplicitVRLittleEndian
+    return _DEFLATED in head  # (a hint, wherever the meta ends: _read_inflated reads it to be sure)
+
+
+def _read_inflated(path: Path) -> Dataset | None:
+    """A deflated data set, every value read; None if the file meta names another syntax.
+
+    pydicom inflates it in memory, where values it deferred could not be read back from the file
+    (their positions are the inflated stream's). Its inflated size is measured first, in bounded
+    steps: a few KiB of deflate may announce GiB.
+    """
     meta = read_file_meta_info(path)
+    if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+        return None
     length = meta.get("FileMetaInformationGroupLength")
     if not isinstance(length, int):
         raise InvalidInstance("a deflated data set without a file meta group length")
@@ -204,10 +222,14 @@ def _read_inflated(path: Path) -> Dataset:
 
 
 def _read_deferring(path: Path, size: int, start: DataSetStart | None) -> Dataset:
-    if size > _READ_WHOLE:
-        return dcmread(path, defer_size=1024)
     with open(path, "rb") as handle:
         data = handle.read(_HEAD if size > _HEAD else size + 1)
+        if _says_deflated(data, start):
+            inflated = _read_inflated(path)
+            if inflated is not None:
+                return inflated
+        if size > _READ_WHOLE:
+            return dcmread(path, defer_size=1024)
         if size <= _HEAD and len(data) != size:
             raise InvalidInstance(f"the file changed while read ({len(data)} of {size} bytes)")
         ds = _parse(data, path, start)

@@ -387,11 +387,20 @@ def test_a_deflated_instance_is_read_whole(tmp_path: Path) -> None:
     assert inspected.dataset.PixelData == dcmread(source).PixelData
 
 
-def test_a_deflated_data_set_that_inflates_too_far_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("large", [False, True])  # parsed from its head / by pydicom from the file
+def test_a_deflated_data_set_that_inflates_too_far_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, large: bool
+) -> None:
+    """Measured before pydicom reads it: pydicom would inflate it whole in memory, however large."""
     source = _deflated_ct(tmp_path)  # 8 KiB of pixels
     monkeypatch.setattr(files, "DEFLATED_MAX", 4096)
+    if large:
+        monkeypatch.setattr(files, "_READ_WHOLE", 1024)
+    reads: list[object] = []
+    monkeypatch.setattr(files, "dcmread", lambda *args, **kwargs: reads.append(args) or dcmread(*args, **kwargs))
     with pytest.raises(InvalidInstance, match="inflates beyond"):
         InstanceStore(tmp_path / "data").inspect(source)
+    assert reads == []
 
 
 def test_a_truncated_deflated_data_set_is_refused(tmp_path: Path) -> None:
