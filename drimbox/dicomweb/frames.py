@@ -15,7 +15,6 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 from pydicom import dcmread
 from pydicom.dataelem import RawDataElement
-from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from drimbox.dicomweb import multipart
 from drimbox.dicomweb.accept import MediaRange, NotAcceptable, parse_accept
@@ -26,6 +25,7 @@ from drimbox.errors import DrimboxError
 from drimbox.index.repository import HeldInstance
 from drimbox.store import frames as frame_store
 from drimbox.store import metadata, pixels
+from drimbox.store.files import read_deflated
 from drimbox.store.frames import FrameIndex
 from drimbox.uids import checked_uid
 
@@ -222,10 +222,9 @@ def _bulk_value(path: Path, tag: int) -> tuple[int, int] | bytes:
     """Where a bulk value lies in the file (offset, length): only values the metadata gave a
     BulkDataURI for (too large to inline, so left unread by the header parse). In a deflated
     data set the value itself, inflated (the store admits those only up to files.DEFLATED_MAX)."""
-    ds = dcmread(path, defer_size=metadata.BULK_THRESHOLD)
-    deflated = ds.file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian
-    if deflated:  # (positions in the inflated stream, not the file: read every value)
-        ds = dcmread(path)
+    inflated = read_deflated(path)  # (positions in the inflated stream, not the file: every value read)
+    deflated = inflated is not None
+    ds = inflated if inflated is not None else dcmread(path, defer_size=metadata.BULK_THRESHOLD)
     raw = ds.get_item(tag, keep_deferred=True) if tag in ds else None
     if not isinstance(raw, RawDataElement) or raw.length == 0xFFFFFFFF:
         raise Problem(404, "no such bulk data in this instance (encapsulated pixel data: ask for frames)")

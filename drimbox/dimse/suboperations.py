@@ -38,6 +38,7 @@ from drimbox.dimse.admissions import Admissions
 from drimbox.dimse.connection import ReceivedFile
 from drimbox.dimse.fragments import ITEM, pdv_items
 from drimbox.dimse.readyfiles import ReadyFiles
+from drimbox.errors import DrimboxError
 from drimbox.store.files import DataSetStart
 
 log = logging.getLogger(__name__)
@@ -193,8 +194,13 @@ class SubOperations:
             path.unlink(missing_ok=True)
             self._admissions.lost(transfer.sop_uid, f"the received file could not be written: {exc}")
             return
-        self._admissions.submit(path, self._sender, transfer.sop_uid, transfer.sop_class_uid,
-                                dul._idle_timer.restart, transfer.start)  # fmt: skip
+        try:
+            self._admissions.submit(path, self._sender, transfer.sop_uid, transfer.sop_class_uid,
+                                    dul._idle_timer.restart, transfer.start)  # fmt: skip
+        except DrimboxError as exc:  # the admission has stopped: this one is lost, the association ends
+            path.unlink(missing_ok=True)
+            self._admissions.lost(transfer.sop_uid, str(exc))
+            raise
 
 
 def _pending_get_response(command: dict[int, bytes]) -> bool:

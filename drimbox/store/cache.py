@@ -44,7 +44,7 @@ class StoreCache:
         """While inside, the instance's file (at `path`) is not evicted, by this process or another."""
         with self._lock:
             self._pins[sop_uid] += 1
-        shared = _lock(path, fcntl.LOCK_SH) if path else None
+        shared = _lock(path, fcntl.LOCK_SH)[0] if path else None
         try:
             yield
         finally:
@@ -108,29 +108,36 @@ class StoreCache:
 
 def _unpinned_elsewhere(chosen: list[HeldInstance]) -> tuple[list[HeldInstance], list[int]]:
     """Those of `chosen` no other process pins, with the exclusive locks that keep it so until
-    they are removed (a file already gone is taken, without a lock)."""
+    they are removed (a file gone already, or on a filesystem without locks, is taken unlocked)."""
     taken, locks = [], []
     for held in chosen:
-        if not os.path.exists(held.path):
-            taken.append(held)
+        descriptor, pinned_elsewhere = _lock(held.path, fcntl.LOCK_EX)
+        if pinned_elsewhere:
             continue
-        descriptor = _lock(held.path, fcntl.LOCK_EX)
+        taken.append(held)
         if descriptor is not None:
-            taken.append(held)
             locks.append(descriptor)
     return taken, locks
 
 
-def _lock(path: str, kind: int) -> int | None:
-    """An open descriptor of `path` holding a `kind` flock, taken without waiting; None if another
-    process holds the other kind, or the file is gone (a reader then fetches it again)."""
+def _lock(path: str, kind: int) -> tuple[int | None, bool]:
+    """An open descriptor of `path` holding a `kind` flock, taken without waiting (None if it could
+    not be), and whether another process holds the other kind.
+
+    Opened for writing to lock exclusively: NFS emulates flock with byte-range locks, where an
+    exclusive one needs write access. A filesystem without locks (ENOLCK, EOPNOTSUPP) leaves the
+    files unlocked, as before pins held across processes; a file gone already is not locked.
+    """
     try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        descriptor = os.open(path, (os.O_RDWR if kind == fcntl.LOCK_EX else os.O_RDONLY) | os.O_CLOEXEC)
     except OSError:
-        return None
+        return None, False
     try:
         fcntl.flock(descriptor, kind | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(descriptor)
+        return None, True
     except OSError:
         os.close(descriptor)
-        return None
-    return descriptor
+        return None, False
+    return descriptor, False

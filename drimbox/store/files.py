@@ -19,12 +19,13 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from pydicom import dcmread
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
-from pydicom.filereader import read_dataset, read_file_meta_info
+from pydicom.filereader import read_dataset, read_preamble
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
@@ -102,7 +103,7 @@ class InstanceStore:
             ds = _read_header(path, size, start)
             elements = dict(ds.items())  # as read: pydicom's get_item(tag, keep_deferred=True) of each
             syntax = checked_uid(str(ds.file_meta.get("TransferSyntaxUID", "")), "TransferSyntaxUID")
-            if syntax != DeflatedExplicitVRLittleEndian:  # (inflated whole: zlib caught a truncation)
+            if syntax != DeflatedExplicitVRLittleEndian:  # (checked within the inflated stream when read)
                 for element in elements.values():
                     _check_within(element, size)
             return InspectedFile(
@@ -167,67 +168,20 @@ _HEAD = 1 << 16
 
 def _read_header(path: Path, size: int, start: DataSetStart | None = None) -> Dataset:
     """The data set of `path`, values above 1 KiB deferred (read from the file on access), or all
-    read if it is deflated."""
-    try:
-        ds = _read_deferring(path, size, start)
-    except zlib.error:  # (a deflated data set cut short where only the head was read: read it whole)
-        inflated = _read_inflated(path)
-        if inflated is None:
-            raise
-        return inflated
-    if ds.file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
-        inflated = _read_inflated(path)
-        return inflated if inflated is not None else ds
-    return ds
+    read if it is deflated.
 
-
-#: The most a deflated data set may inflate to; beyond, the instance is refused.
-DEFLATED_MAX = 128 << 20
-_DEFLATED = str(DeflatedExplicitVRLittleEndian).encode("ascii")
-
-
-def _says_deflated(head: bytes, start: DataSetStart | None) -> bool:
-    """Whether the file meta at the `head` of a file names the deflated syntax: looked for before
-    pydicom reads a data set, which it would inflate whole in memory, however large."""
-    if start is not None:
-        return start.transfer_syntax_uid == DeflatedExplicitVRLittleEndian
-    return _DEFLATED in head  # (a hint, wherever the meta ends: _read_inflated reads it to be sure)
-
-
-def _read_inflated(path: Path) -> Dataset | None:
-    """A deflated data set, every value read; None if the file meta names another syntax.
-
-    pydicom inflates it in memory, where values it deferred could not be read back from the file
-    (their positions are the inflated stream's). Its inflated size is measured first, in bounded
-    steps: a few KiB of deflate may announce GiB.
+    Where the data set begins and its transfer syntax are known first (`start`, or the file meta
+    read as pydicom reads it): a deflated one is never handed to pydicom, which would inflate it
+    whole in memory, however large.
     """
-    meta = read_file_meta_info(path)
-    if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
-        return None
-    length = meta.get("FileMetaInformationGroupLength")
-    if not isinstance(length, int):
-        raise InvalidInstance("a deflated data set without a file meta group length")
-    inflater, inflated = zlib.decompressobj(-zlib.MAX_WBITS), 0
-    with open(path, "rb") as handle:
-        handle.seek(132 + 12 + length)
-        while chunk := handle.read(1 << 16):
-            while chunk:
-                inflated += len(inflater.decompress(chunk, 1 << 20))
-                if inflated > DEFLATED_MAX:
-                    raise InvalidInstance(f"the deflated data set inflates beyond {DEFLATED_MAX >> 20} MiB")
-                chunk = inflater.unconsumed_tail
-    if not inflater.eof:
-        raise InvalidInstance("truncated: the deflated data set ends before its deflate stream does")
-    return dcmread(path)
-
-
-def _read_deferring(path: Path, size: int, start: DataSetStart | None) -> Dataset:
     with open(path, "rb") as handle:
         data = handle.read(_HEAD if size > _HEAD else size + 1)
-        if _says_deflated(data, start):
-            inflated = _read_inflated(path)
-            if inflated is not None:
-                return inflated
+        if start is None:
+            start = _meta_start(data, handle)
+        elif int.from_bytes(data[start.offset : start.offset + 2], "little") == 0x0002:
+            raise InvalidInstance("the data set holds file meta elements (group 0002)")
+        if start.transfer_syntax_uid == DeflatedExplicitVRLittleEndian:
+            return _read_inflated(handle, start.offset)
         if size > _READ_WHOLE:
             return dcmread(path, defer_size=1024)
         if size <= _HEAD and len(data) != size:
@@ -239,6 +193,64 @@ def _read_deferring(path: Path, size: int, start: DataSetStart | None) -> Datase
             if len(data) != size:
                 raise InvalidInstance(f"the file changed while read ({len(data)} of {size} bytes)")
             ds = _parse(data, path, start)
+    return ds
+
+
+#: The most a deflated data set may inflate to; beyond, the instance is refused.
+DEFLATED_MAX = 128 << 20
+
+
+def read_deflated(path: Path) -> Dataset | None:
+    """The data set of a deflated instance file, every value read (inflated within `DEFLATED_MAX`,
+    as at admission); None if the file is in another transfer syntax."""
+    with open(path, "rb") as handle:
+        start = _meta_start(handle.read(_HEAD), handle)
+        if start.transfer_syntax_uid != DeflatedExplicitVRLittleEndian:
+            return None
+        return _read_inflated(handle, start.offset)
+
+
+def _meta_start(head: bytes, handle: BinaryIO) -> DataSetStart:
+    """Where pydicom's dcmread begins the data set, and the syntax it reads it in: past the
+    preamble and the group 0002 elements after it (from the file if they go on past `head`)."""
+    stream = io.BytesIO(head)
+    start = _after_meta(stream)
+    if stream.tell() >= len(head) - 8:
+        handle.seek(0)
+        start = _after_meta(handle)
+    return start
+
+
+def _after_meta(stream: BinaryIO) -> DataSetStart:
+    read_preamble(stream, False)  # (InvalidDicomError without the DICM prefix)
+    meta = read_dataset(stream, False, True, stop_when=lambda tag, _vr, _length: tag.group != 0x0002)
+    return DataSetStart(stream.tell(), str(meta.get("TransferSyntaxUID", "")))
+
+
+def _read_inflated(handle: BinaryIO, offset: int) -> Dataset:
+    """The deflated data set at `offset`, inflated in memory and every value read: values left in
+    the file could not be read back from it (their positions are the inflated stream's). The
+    inflated size is bounded step by step: a few KiB of deflate may announce GiB."""
+    handle.seek(offset)
+    inflater, inflated = zlib.decompressobj(-zlib.MAX_WBITS), bytearray()
+    while not inflater.eof and (chunk := handle.read(1 << 16)):
+        while chunk:
+            inflated += inflater.decompress(chunk, 1 << 20)
+            if len(inflated) > DEFLATED_MAX:
+                raise InvalidInstance(f"the deflated data set inflates beyond {DEFLATED_MAX >> 20} MiB")
+            chunk = inflater.unconsumed_tail
+    if not inflater.eof:
+        raise InvalidInstance("truncated: the deflated data set ends before its deflate stream does")
+    stream = io.BytesIO(inflated)
+    size = len(inflated)
+    del inflated
+    dataset = read_dataset(stream, False, True)
+    for _, element in dataset.items():
+        _check_within(element, size)  # (within the inflated stream: its lengths are its own)
+    meta = FileMetaDataset()
+    meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds = FileDataset(stream, dataset, None, meta, False, True)
+    ds.set_original_encoding(False, True, dataset._character_set)  # as dcmread's read_partial ends
     return ds
 
 

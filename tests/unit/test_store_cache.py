@@ -157,3 +157,21 @@ def test_a_file_another_process_serves_is_not_evicted(tmp_path: Path) -> None:
         assert other.wait(timeout=30) == 0
     StoreCache(index, store, max_bytes=size).evict()
     assert not Path(oldest.path).exists(), "unpinned, it goes first"
+
+
+def test_a_filesystem_without_locks_still_evicts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """flock refused (ENOLCK, as some network filesystems answer): nothing is taken for pinned
+    elsewhere, the bound still holds."""
+    import errno
+
+    from drimbox.store import cache as cache_module
+
+    def no_locks(descriptor: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    index, store, _ = _filled(tmp_path, 6)
+    size = index.bytes_held() // 6
+    monkeypatch.setattr(cache_module.fcntl, "flock", no_locks)
+    cache = StoreCache(index, store, max_bytes=size * 4)
+    assert cache.evict() >= 2 * size
+    assert len(list(store.root.rglob("*.dcm"))) <= 4
