@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 from pydicom import dcmread
 from pydicom.dataelem import RawDataElement
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from drimbox.dicomweb import multipart
 from drimbox.dicomweb.accept import MediaRange, NotAcceptable, parse_accept
@@ -150,7 +151,7 @@ def frames_router(wado: Wado, authorize: Callable[..., AccessScope]) -> APIRoute
         held = _instance(wado, scope, study, series, sop)
         if len(tag) != 8 or not all(c in "0123456789ABCDEFabcdef" for c in tag):
             raise Problem(400, "a bulk data tag is 8 hexadecimal digits, e.g. 7FE00010")
-        value = _bulk_value(Path(held.path), int(tag, 16))
+        value = _bulk_value(Path(held.path), int(tag, 16), held.transfer_syntax_uid)
         boundary = multipart.new_boundary()
 
         def body() -> Iterator[bytes]:
@@ -218,11 +219,13 @@ def _representative(wado: Wado, scope: AccessScope, study: str, series: str | No
     return first
 
 
-def _bulk_value(path: Path, tag: int) -> tuple[int, int] | bytes:
+def _bulk_value(path: Path, tag: int, syntax: str) -> tuple[int, int] | bytes:
     """Where a bulk value lies in the file (offset, length): only values the metadata gave a
     BulkDataURI for (too large to inline, so left unread by the header parse). In a deflated
-    data set the value itself, inflated (the store admits those only up to files.DEFLATED_MAX)."""
-    inflated = read_deflated(path)  # (positions in the inflated stream, not the file: every value read)
+    data set (`syntax`, as indexed) the value itself, inflated (the store admits those only up
+    to files.DEFLATED_MAX)."""
+    # (positions in a deflated file are the inflated stream's: every value read)
+    inflated = read_deflated(path) if syntax == DeflatedExplicitVRLittleEndian else None
     deflated = inflated is not None
     ds = inflated if inflated is not None else dcmread(path, defer_size=metadata.BULK_THRESHOLD)
     raw = ds.get_item(tag, keep_deferred=True) if tag in ds else None

@@ -254,9 +254,9 @@ def _read_inflated(handle: BinaryIO, offset: int) -> Dataset:
     return ds
 
 
-def _parse(data: bytes, path: Path, start: DataSetStart | None = None) -> Dataset:
+def _parse(data: bytes, path: Path, start: DataSetStart) -> Dataset:
     encoding = _plain_encoding(start, data)
-    if start is not None and encoding is not None:
+    if encoding is not None:
         stream = io.BytesIO(data)
         stream.seek(start.offset)  # (value positions stay the file's: deferred values are read from it)
         meta = FileMetaDataset()
@@ -271,13 +271,13 @@ def _parse(data: bytes, path: Path, start: DataSetStart | None = None) -> Datase
     return ds
 
 
-def _plain_encoding(start: DataSetStart | None, data: bytes) -> bool | None:
+def _plain_encoding(start: DataSetStart, data: bytes) -> bool | None:
     """Whether the data set at `start` is implicit VR (True) or explicit (False), both little
-    endian; None to read the file as pydicom does (no start known, a deflated or big endian data
-    set, a private transfer syntax, or not the file `start` describes)."""
-    if start is None or data[128:132] != b"DICM" or not 144 <= start.offset < len(data) - 1:
+    endian; None to read the file as pydicom does (a big endian data set, a private transfer
+    syntax, command elements first, or not the file `start` describes)."""
+    if data[128:132] != b"DICM" or not 144 <= start.offset < len(data) - 1:
         return None
-    if int.from_bytes(data[start.offset : start.offset + 2], "little") <= 0x0002:  # (still the meta group)
+    if int.from_bytes(data[start.offset : start.offset + 2], "little") <= 0x0002:  # (command or meta elements)
         return None
     syntax = UID(start.transfer_syntax_uid)
     if not syntax.is_transfer_syntax or syntax.is_deflated or not syntax.is_little_endian:

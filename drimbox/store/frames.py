@@ -227,8 +227,6 @@ def _index_pixels(fd: int, header: Dataset, start: int) -> FrameIndex | None:
 def _refuse_unaddressable(ts: UID, header: Dataset) -> None:
     if not header.original_encoding[1]:
         raise FrameAccessUnsupported(f"{ts} is big endian (retired): frames are served only after transcoding")
-    if ts.is_transfer_syntax and ts.is_deflated:
-        raise FrameAccessUnsupported(f"{ts} is deflated: frame offsets in the file do not exist")
     if ts in MPEGTransferSyntaxes:
         raise FrameAccessUnsupported(f"{ts} is a video stream: its frames are not separately stored")
 
